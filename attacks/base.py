@@ -1,0 +1,145 @@
+"""The Attack interface, the threat model (eps-ball and [0, 1] box) and the attack surface.
+
+Every attack is a dataclass of its settings (eps, norm, steps, ... with the papers' defaults) called as
+`attack(model, x, y) -> x_adv`. Whatever the attack does inside, its output is checked against the threat
+model before it is returned: an attack that leaves the eps-ball or the image box raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+NORMS = ("Linf", "L2")
+TARGETS = ("end_to_end", "classifier")
+# float32 rounding of x + delta: a projected point may sit this far outside the ball.
+THREAT_MODEL_TOLERANCE = 1e-5
+
+
+class ThreatModelViolation(AssertionError):
+    """An attack produced a point outside the eps-ball or outside [0, 1]."""
+
+
+def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return flat.abs().amax(dim=1) if norm == "Linf" else flat.norm(p=2, dim=1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project x_adv onto the eps-ball around x (in `norm`) intersected with the [0, 1] box.
+
+    For L2 the ball projection is followed by the box clamp, which can only shrink the perturbation,
+    so the result stays in both sets.
+    """
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = lp_norms(delta, "L2").clamp_min(1e-12)
+        factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+        delta = delta * factor
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
+    """Raise ThreatModelViolation unless every x_adv is within eps of x (in `norm`) and inside [0, 1]."""
+    if x_adv.shape != x.shape:
+        raise ThreatModelViolation(f"adversarial batch has shape {tuple(x_adv.shape)}, inputs {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise ThreatModelViolation("adversarial batch contains NaN or inf")
+    low, high = x_adv.min().item(), x_adv.max().item()
+    if low < -THREAT_MODEL_TOLERANCE or high > 1 + THREAT_MODEL_TOLERANCE:
+        raise ThreatModelViolation(f"adversarial batch leaves [0, 1]: min {low:.6g}, max {high:.6g}")
+    sizes = lp_norms((x_adv - x).float(), norm)
+    worst = sizes.max().item() if sizes.numel() else 0.0
+    if worst > eps * (1 + 1e-4) + THREAT_MODEL_TOLERANCE:
+        raise ThreatModelViolation(f"{norm} perturbation {worst:.6g} exceeds eps {eps:.6g}")
+
+
+def attack_surface(model: nn.Module, target: str) -> nn.Module:
+    """The module an attack differentiates: the whole defence, or its classifier alone."""
+    if target == "end_to_end":
+        return model
+    if target == "classifier":
+        classifier = getattr(model, "classifier", None)
+        if classifier is None:
+            raise ValueError(f"target='classifier' needs a defence with a .classifier; {type(model).__name__} has none")
+        return classifier
+    raise ValueError(f"target={target!r} is not valid; valid: {', '.join(TARGETS)}")
+
+
+class PassCounter(nn.Module):
+    """Wraps a model and counts the examples sent forward and the examples whose gradient was taken."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.forward_examples = 0
+        self.backward_examples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        batch = x.shape[0]
+        self.forward_examples += batch
+        if out.requires_grad:
+            def count_backward(grad: torch.Tensor) -> torch.Tensor:
+                self.backward_examples += batch
+                return grad
+            out.register_hook(count_backward)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+
+@dataclass
+class Attack:
+    """Base settings shared by every attack. Subclasses add theirs (all with defaults) and `perturb`."""
+
+    code_version: ClassVar[str] = "1"
+    registry_name: ClassVar[str] = ""
+
+    eps: float = 8 / 255
+    norm: str = "Linf"
+    target: str = "end_to_end"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r} is not supported; valid: {', '.join(NORMS)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r} is not valid; valid: {', '.join(TARGETS)}")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Perturb x within the threat model; forward/backward example counts accumulate in `self.counts`."""
+        x = x.detach()
+        counter = PassCounter(self.surface(model))
+        x_adv = self.perturb(counter, x, y).detach()
+        counts = self.__dict__.setdefault("counts", {"forward_examples": 0, "backward_examples": 0})
+        counts["forward_examples"] += counter.forward_examples
+        counts["backward_examples"] += counter.backward_examples
+        check_threat_model(x, x_adv, self.eps, self.norm)
+        return x_adv
+
+    def surface(self, model: nn.Module) -> nn.Module:
+        return attack_surface(model, self.target)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.registry_name or type(self).__name__, **dataclasses.asdict(self)}
+
+    def budget(self) -> str:
+        """A one-line human summary of the budget, for plans and tables."""
+        fields = {f.name for f in dataclasses.fields(self)} - {"eps", "norm", "target"}
+        parts = [f"{self.norm} eps={self.eps:.4g}"] + [f"{k}={getattr(self, k)}" for k in sorted(fields)]
+        return ", ".join(parts + [f"target={self.target}"])

@@ -1,0 +1,1 @@
+"""The harness: scenarios, grids of cells, executors, records, tables and figures."""

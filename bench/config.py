@@ -1,0 +1,245 @@
+"""Configuration as data: YAML files under conf/ composed with `key=value` overrides, validated on load.
+
+`python -m bench.run grid=NAME executor=local n_examples=50 defences.at.epochs=5 local.max_parallel=2`
+- top-level keys (RUN_DEFAULTS) set run options;
+- `defences.<key>.<setting>`, `attacks.<key>.<setting>` change a grid entry wherever it is used;
+- `scenarios.<name>.<field>` changes a scenario; `eval.<setting>` the evaluation protocol;
+- `<executor>.<option>` sets an option of the chosen executor (conf/executor/<executor>.yaml lists them).
+Values are parsed as YAML scalars or flow collections (`seeds=[0,1]`); nothing is ever evaluated as code.
+Every unknown key or name is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.registry import closest_hint
+from bench.scenarios import Scenario, scenario_from_dict
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+KINDS = ("grid", "scenario", "executor")
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "grid": "demo",
+    "executor": "debug",
+    "dry_run": False,
+    "wait": True,
+    "results_dir": "results",
+    "artifacts_dir": "artifacts",
+    "data_dir": None,
+    "model_dir": "models",
+    "device": "auto",
+    "log_level": "INFO",
+    "n_examples": None,
+    "seeds": None,
+    "retry_failed": True,
+    "report": True,
+}
+GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
+BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}
+EVAL_DEFAULTS: dict[str, Any] = {
+    "batch_size": 100,       # examples per attack batch (and per saved partial result)
+    "draws": 1,              # forward passes per example for deterministic defences
+    "stochastic_draws": 8,   # forward passes per example for stochastic defences (K)
+    "decision": "single",    # headline accuracy for stochastic defences: single | majority | worst
+}
+DECISIONS = ("single", "majority", "worst")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, stated with what was wrong and what is valid."""
+
+
+def available(kind: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
+
+
+def load_conf(kind: str, name: str) -> dict[str, Any]:
+    """conf/<kind>/<name>.yaml, or, for a name ending in .yaml/.yml, that file (a user's own grid, say)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONF_DIR / kind / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown {kind} {name!r}. {closest_hint(name, available(kind))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping, found {type(data).__name__}")
+    return data
+
+
+def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    raw = load_conf("scenario", name)
+    for key, value in (overrides or {}).items():
+        set_path(raw, key.split("."), value, where=f"scenario {name}", create=True)
+    try:
+        return scenario_from_dict(name, raw)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+
+
+def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A grid file with its `include`s merged: defence/attack maps united, blocks concatenated."""
+    if name in _seen:
+        raise ConfigError(f"grid include cycle: {' -> '.join(_seen + (name,))}")
+    grid = load_conf("grid", name)
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"grid {name}: unknown key(s) {unknown}. {closest_hint(unknown[0], GRID_KEYS)}")
+    merged: dict[str, Any] = {"defences": {}, "attacks": {}, "blocks": []}
+    for included in grid.get("include", []):
+        part = load_grid(included, _seen + (name,))
+        for kind in ("defences", "attacks"):
+            for key, spec in part[kind].items():
+                if key in merged[kind] and merged[kind][key] != spec:
+                    raise ConfigError(f"grid {name}: {kind} entry {key!r} is defined differently by two includes")
+                merged[kind][key] = spec
+        merged["blocks"].extend(part["blocks"])
+        for key in ("n_examples", "seeds", "eval", "description", "report"):
+            if key in part and key not in merged:
+                merged[key] = part[key]
+    for kind in ("defences", "attacks"):
+        for key, spec in (grid.get(kind) or {}).items():
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ConfigError(f"grid {name}: {kind}.{key} must be a mapping with a 'name'")
+            merged[kind][key] = spec
+    merged["blocks"].extend(grid.get("blocks") or [])
+    for key in ("n_examples", "seeds", "eval", "description", "report"):
+        if key in grid:
+            merged[key] = grid[key]
+    for index, block in enumerate(merged["blocks"]):
+        unknown = sorted(set(block) - BLOCK_KEYS)
+        if unknown:
+            raise ConfigError(f"grid {name}: block {index} has unknown key(s) {unknown}. "
+                              f"{closest_hint(unknown[0], BLOCK_KEYS)}")
+        for kind in ("defences", "attacks"):
+            for key in block.get(kind, []):
+                if key not in merged[kind]:
+                    raise ConfigError(f"grid {name}: block {block.get('name', index)} names {kind[:-1]} {key!r}, "
+                                      f"which the grid does not define. {closest_hint(key, merged[kind])}")
+        for scenario in block.get("scenarios", []):
+            if scenario not in available("scenario"):
+                raise ConfigError(f"grid {name}: unknown scenario {scenario!r}. "
+                                  f"{closest_hint(scenario, available('scenario'))}")
+    return merged
+
+
+def set_path(target: dict[str, Any], path: list[str], value: Any, where: str, create: bool = False) -> None:
+    node = target
+    for depth, key in enumerate(path[:-1]):
+        if key not in node or not isinstance(node[key], dict):
+            if not create:
+                raise ConfigError(f"{where}: no key {'.'.join(path[:depth + 1])!r}. {closest_hint(key, node)}")
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot parse value {text!r}: {error}") from error
+
+
+def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"argument {item!r} is not of the form key=value (e.g. grid=demo executor=local)")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+@dataclass
+class RunConfig:
+    """A composed run: options, the merged grid, scenario overrides and the executor's options."""
+
+    options: dict[str, Any]
+    grid: dict[str, Any]
+    executor_options: dict[str, Any]
+    scenario_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def grid_name(self) -> str:
+        """The grid's name: its conf name, or the stem of a grid file given by path."""
+        grid = str(self.options["grid"])
+        return Path(grid).stem if grid.endswith((".yaml", ".yml")) else grid
+
+    @property
+    def eval_settings(self) -> dict[str, Any]:
+        return {**EVAL_DEFAULTS, **(self.grid.get("eval") or {})}
+
+    def scenario(self, name: str) -> Scenario:
+        return load_scenario(name, self.scenario_overrides.get(name))
+
+    def results_dir(self) -> Path:
+        return Path(self.options["results_dir"]) / self.grid_name
+
+
+def compose(argv: list[str]) -> RunConfig:
+    pairs = parse_overrides(argv)
+    options = copy.deepcopy(RUN_DEFAULTS)
+    for key, value in pairs:
+        if key in ("grid", "executor"):
+            options[key] = str(value)
+    grid = load_grid(options["grid"])
+    executor_options = load_conf("executor", options["executor"])
+    config = RunConfig(options=options, grid=grid, executor_options=executor_options, argv=list(argv))
+    grid.setdefault("eval", {})
+    for key, value in pairs:
+        head, _, rest = key.partition(".")
+        if key in ("grid", "executor"):
+            continue
+        if not rest and head in RUN_DEFAULTS:
+            options[head] = value
+        elif head in ("defences", "attacks") and rest:
+            entry, _, setting = rest.partition(".")
+            if entry not in grid[head]:
+                raise ConfigError(f"{key}: grid {options['grid']} has no {head[:-1]} {entry!r}. "
+                                  f"{closest_hint(entry, grid[head])}")
+            if not setting:
+                raise ConfigError(f"{key}: name a setting, e.g. {head}.{entry}.epochs=5")
+            set_path(grid[head][entry], setting.split("."), value, where=key, create=True)
+        elif head == "scenarios" and rest:
+            scenario, _, field_path = rest.partition(".")
+            if scenario not in available("scenario"):
+                raise ConfigError(
+                    f"{key}: unknown scenario {scenario!r}. {closest_hint(scenario, available('scenario'))}")
+            config.scenario_overrides.setdefault(scenario, {})[field_path] = value
+        elif head == "eval" and rest:
+            if rest not in EVAL_DEFAULTS:
+                raise ConfigError(f"{key}: unknown eval setting {rest!r}. {closest_hint(rest, EVAL_DEFAULTS)}")
+            grid["eval"][rest] = value
+        elif head == options["executor"] and rest:
+            if rest not in executor_options:
+                raise ConfigError(f"{key}: executor {head} has no option {rest!r}. "
+                                  f"{closest_hint(rest, executor_options)}")
+            executor_options[rest] = value
+        else:
+            valid = sorted(RUN_DEFAULTS) + ["defences.<key>.<setting>", "attacks.<key>.<setting>",
+                                            "scenarios.<name>.<field>", "eval.<setting>",
+                                            f"{options['executor']}.<option>"]
+            raise ConfigError(f"unknown key {key!r}. Valid: {', '.join(valid)}.{_hint(head)}")
+    if options["n_examples"] is not None:
+        grid["n_examples"] = int(options["n_examples"])
+        for block in grid["blocks"]:
+            block.pop("n_examples", None)
+    if options["seeds"] is not None:
+        seeds = options["seeds"]
+        grid["seeds"] = list(seeds) if isinstance(seeds, list) else [int(seeds)]
+        for block in grid["blocks"]:
+            block.pop("seeds", None)
+    decision = config.eval_settings["decision"]
+    if decision not in DECISIONS:
+        raise ConfigError(f"eval.decision={decision!r} is not valid; valid: {', '.join(DECISIONS)}")
+    return config
+
+
+def _hint(head: str) -> str:
+    match = closest_hint(head, list(RUN_DEFAULTS) + ["defences", "attacks", "scenarios", "eval"])
+    return " " + match.split(". ", 1)[1] if ". " in match else ""

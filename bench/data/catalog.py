@@ -1,0 +1,64 @@
+"""The dataset catalogue: names -> facts and loaders, and the one entry point `load_dataset`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from bench.data import cifar, digits, imagenette, mnist, tinyimagenet
+from bench.data.base import SPLITS, DatasetInfo, ImageSplit
+from bench.registry import UnknownNameError, closest_hint
+
+DATA_DIR_ENV = "BENCH_DATA_DIR"
+DEFAULT_DATA_DIR = "./data"
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        digits.INFO,
+        mnist.MNIST_INFO,
+        mnist.FASHION_MNIST_INFO,
+        cifar.CIFAR10_INFO,
+        cifar.CIFAR100_INFO,
+        tinyimagenet.INFO,
+        imagenette.INFO,
+    )
+}
+
+# Each loader takes (root, split, **options); the options are the loader's keyword arguments.
+_LOADERS: dict[str, Callable[..., ImageSplit]] = {
+    "digits": digits.load,
+    "mnist": partial(mnist.load, mnist.MNIST_INFO),
+    "fashion_mnist": partial(mnist.load, mnist.FASHION_MNIST_INFO),
+    "cifar10": cifar.load_cifar10,
+    "cifar100": cifar.load_cifar100,
+    "tinyimagenet": tinyimagenet.load,
+    "imagenette": imagenette.load,
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown dataset {name!r}. {closest_hint(name, DATASETS)}") from None
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def load_dataset(name: str, split: str, root: str | Path | None = None, **options: object) -> ImageSplit:
+    """Load one split ("train" or "test") of a catalogued dataset from `root` (never downloads).
+
+    `root` defaults to $BENCH_DATA_DIR, else ./data. Options are dataset specific:
+    mnist/fashion_mnist `pad_to_32`, imagenette `image_size`, tinyimagenet/imagenette `use_cache`.
+    Missing files raise DatasetNotFoundError saying where they were looked for and how to get them.
+    """
+    dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(SPLITS)}")
+    data_root = Path(root).expanduser() if root is not None else default_root()
+    return _LOADERS[name](data_root, split, **options)

@@ -1,0 +1,57 @@
+"""Local executor: every stage and cell is a submitit LocalExecutor job (its own process and log file).
+
+At most `max_parallel` jobs run at once (submitit's local executor would start them all together, which
+thrashes a small machine). Jobs of one stage level finish before the next level or the cells start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench.jobs import CellJob, StageJob
+
+LOG = logging.getLogger("bench.executors")
+
+
+class LocalExecutor:
+    def __init__(self, options: dict[str, Any], run_options: dict[str, Any]):
+        self.options, self.run_options = options, run_options
+        self.folder = Path(options.get("jobs_dir") or "jobs") / "local"
+        self.executor = submitit.AutoExecutor(folder=self.folder, cluster="local")
+        self.executor.update_parameters(timeout_min=int(options.get("timeout_min", 600)),
+                                        gpus_per_node=int(options.get("gpus_per_node", 0)))
+
+    def _run_window(self, jobs: dict[str, Any]) -> dict[str, Any]:
+        """Run callables keyed by name, at most max_parallel at once; returns name -> result or 'failed'."""
+        limit = max(1, int(self.options.get("max_parallel", 1)))
+        poll = float(self.options.get("poll_s", 1.0))
+        waiting, running, outcomes = list(jobs.items()), {}, {}
+        while waiting or running:
+            while waiting and len(running) < limit:
+                name, function = waiting.pop(0)
+                running[name] = self.executor.submit(function)
+                LOG.info("submitted local job %s for %s (log: %s)", running[name].job_id, name,
+                         running[name].paths.stdout)
+            for name, job in list(running.items()):
+                if job.done():
+                    try:
+                        outcomes[name] = job.result()
+                    except Exception as error:  # the job's own failed record or failed.json says why
+                        LOG.error("job %s (%s) failed; log: %s\n%s", job.job_id, name, job.paths.stderr, error)
+                        outcomes[name] = "failed"
+                    del running[name]
+            if running:
+                time.sleep(poll)
+        return outcomes
+
+    def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
+        outcomes: dict[str, Any] = {}
+        for level in stage_levels:
+            outcomes.update(self._run_window({key: StageJob(str(plan_path), key) for key in level}))
+        outcomes.update(self._run_window({key: CellJob(str(plan_path), key) for key in cells}))
+        return outcomes

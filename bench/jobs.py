@@ -1,0 +1,91 @@
+"""Job entry points: what an executor runs, given only the plan file's path and a key.
+
+The plan (results/<grid>/.plan/plan.json) holds every stage and cell; a job re-reads it, so job pickles
+stay tiny and a requeued job needs nothing but its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.grid import EvalCell, Plan, TrainStage
+
+
+def write_plan(plan: Plan, results_dir: Path) -> Path:
+    from bench.records import write_json_atomic
+
+    path = results_dir / ".plan" / "plan.json"
+    write_json_atomic(path, plan.to_json())
+    return path
+
+
+def read_plan(plan_path: str | Path) -> Plan:
+    raw = json.loads(Path(plan_path).read_text())
+    return Plan(grid=raw["grid"], options=raw["options"],
+                stages={k: TrainStage(**v) for k, v in raw["stages"].items()},
+                cells=[EvalCell(**c) for c in raw["cells"]])
+
+
+def configure_logging(level: str = "INFO") -> None:
+    _note_job_log()
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+def _note_job_log() -> None:
+    """Inside a submitit job, remember its log file so that failed records can point at it."""
+    import os
+
+    try:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        os.environ["BENCH_JOB_LOG"] = str(environment.paths.stdout).replace("%j", str(environment.job_id))
+    except RuntimeError:  # not inside a submitit job
+        pass
+
+
+@dataclass
+class StageJob:
+    """Fit one training stage (a callable so that executors can pickle it by value: two strings)."""
+
+    plan_path: str
+    stage_key: str
+
+    def __call__(self) -> str:
+        from bench.stages import run_training_stage
+
+        plan = read_plan(self.plan_path)
+        configure_logging(plan.options.get("log_level", "INFO"))
+        return run_training_stage(plan.stages, self.stage_key, plan.options)
+
+
+@dataclass
+class CellJob:
+    """Evaluate one cell and write its record."""
+
+    plan_path: str
+    cell_key: str
+
+    def __call__(self) -> str:
+        from bench.stages import run_eval_cell
+
+        plan = read_plan(self.plan_path)
+        configure_logging(plan.options.get("log_level", "INFO"))
+        cell = next(c for c in plan.cells if c.key == self.cell_key)
+        return run_eval_cell(plan.stages, cell, plan.options, record_path(plan, cell))
+
+
+def record_path(plan: Plan, cell: EvalCell) -> Path:
+    return Path(plan.options["results_dir"]) / plan.grid / "cells" / cell.record_name
+
+
+def job_summary(outcomes: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
+    return counts

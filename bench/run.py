@@ -1,0 +1,126 @@
+"""`python -m bench.run grid=NAME key=value ...`: plan a grid, run what is not done yet, render the report.
+
+With no arguments it runs the embedded `demo` grid (scikit-learn's digits, a few minutes on a laptop CPU).
+`dry_run=true` prints the plan (training stages, cells, what is done, each attack's budget) and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import records
+from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose
+from bench.executors import make_executor
+from bench.grid import Plan, expand
+from bench.jobs import configure_logging, record_path, write_plan
+from bench.progress import format_seconds
+from bench.stages import DONE_FILE
+
+LOG = logging.getLogger("bench.run")
+USAGE = f"""usage: python -m bench.run [grid=NAME] [executor=NAME] [key=value ...]
+
+grids: {', '.join(available('grid'))}
+executors: {', '.join(available('executor'))}
+run options (defaults): {', '.join(f'{k}={v}' for k, v in RUN_DEFAULTS.items())}
+also: defences.<key>.<setting>=V  attacks.<key>.<setting>=V  scenarios.<name>.<field>=V  eval.<setting>=V
+      <executor>.<option>=V
+"""
+
+
+def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+    """Status of every stage (done / failed / pending) and every cell (done / failed / pending)."""
+    stage_state = {}
+    for key, stage in plan.stages.items():
+        folder = Path(stage.artifact_dir)
+        stage_state[key] = "done" if (folder / DONE_FILE).exists() else (
+            "failed" if (folder / "failed.json").exists() else "pending")
+    cell_state = {c.key: records.record_status(record_path(plan, c)) or "pending" for c in plan.cells}
+    return stage_state, cell_state
+
+
+def work_to_do(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str],
+               retry_failed: bool) -> tuple[list[list[str]], list[str]]:
+    """The cells still to evaluate and the stages they need (with their bases), level by level."""
+    runnable = {"pending", "failed"} if retry_failed else {"pending"}
+    cells = [c for c in plan.cells if cell_state[c.key] in runnable]
+    needed: set[str] = set()
+    for cell in cells:
+        key: str | None = cell.stage
+        while key is not None:
+            needed.add(key)
+            key = plan.stages[key].base_stage
+    levels = [[s.key for s in level if s.key in needed and stage_state[s.key] != "done"]
+              for level in plan.stage_levels()]
+    return [level for level in levels if level], [c.key for c in cells]
+
+
+def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]) -> str:
+    lines = [f"grid {plan.grid}: {len(plan.stages)} training stages, {len(plan.cells)} evaluation cells"]
+    for depth, level in enumerate(plan.stage_levels()):
+        for stage in level:
+            base = f" (on {plan.stages[stage.base_stage].defence_key})" if stage.base_stage else ""
+            lines.append(f"  train[{depth}] {stage.label:<40} {stage.defence_name}{base}  [{stage_state[stage.key]}]")
+    for cell in plan.cells:
+        lines.append(f"  eval  {cell.label:<40} n={cell.n_examples:<5} {cell.attack_name}: {cell.attack_budget}"
+                     f"  [{cell_state[cell.key]}]")
+    counts: dict[str, int] = {}
+    for state in cell_state.values():
+        counts[state] = counts.get(state, 0) + 1
+    lines.append("cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    options = dict(config.options)
+    options["scenario_overrides"] = config.scenario_overrides
+    plan = expand(config)
+    plan.options = options
+    stage_state, cell_state = plan_state(plan)
+    print(describe(plan, stage_state, cell_state), flush=True)
+    if options["dry_run"]:
+        return {"dry_run": True, "cells": len(plan.cells)}
+    results_dir = config.results_dir()
+    plan_path = write_plan(plan, results_dir)
+    stage_levels, cells = work_to_do(plan, stage_state, cell_state, bool(options["retry_failed"]))
+    if not cells:
+        LOG.info("every cell of grid %s is already done; nothing to run", plan.grid)
+    started = time.time()
+    executor = make_executor(options["executor"], config.executor_options, options)
+    outcomes = executor.run(plan_path, stage_levels, cells) if cells else {}
+    elapsed = time.time() - started
+    _, cell_state = plan_state(plan)
+    summary = {"ran": len(cells), "seconds": elapsed,
+               "done": sum(s == "done" for s in cell_state.values()),
+               "failed": sum(s == "failed" for s in cell_state.values()),
+               "pending": sum(s == "pending" for s in cell_state.values()), "outcomes": outcomes}
+    LOG.info("grid %s: %d cells run in %s; %d done, %d failed, %d pending", plan.grid, len(cells),
+             format_seconds(elapsed), summary["done"], summary["failed"], summary["pending"])
+    if options["report"] and options.get("wait", True):
+        from bench.report import render
+
+        for path in render(results_dir):
+            LOG.info("wrote %s", path)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        config = compose(argv)
+        configure_logging(config.options["log_level"])
+        summary = run(config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 1 if summary.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

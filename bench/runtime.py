@@ -1,0 +1,80 @@
+"""One place for the run-time facts every stage needs: seeding, the device, provenance (git, versions)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TRACKED_PACKAGES = (
+    "torch", "torchvision", "numpy", "pyautoattack", "torchattacks", "submitit", "scikit-learn",
+    "safetensors", "pandas", "robustbench",
+)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any printable parts (a cell seed and a batch index, say)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise ValueError(f"device={spec!r} is not a device; valid: auto, cpu, cuda, cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={spec!r} asked for CUDA, but torch sees no GPU here; use device=auto or cpu")
+    return device
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the checkout this code runs from (with '-dirty' when it has local changes), if any."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+            text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that can change a result, plus Python's."""
+    versions = {"python": ".".join(map(str, os.sys.version_info[:3]))}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def hardware_summary(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"

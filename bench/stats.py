@@ -1,0 +1,22 @@
+"""Confidence intervals for accuracies."""
+
+from __future__ import annotations
+
+import math
+
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion (95% by default).
+
+    `successes` may be fractional (a mean over several stochastic draws times n); the interval then
+    treats it as n Bernoulli trials at that rate, which is what a reader of the table assumes.
+    """
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))

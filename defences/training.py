@@ -1,0 +1,168 @@
+"""The classifier training loop shared by clean training and PGD adversarial training.
+
+Deterministic by seed (every epoch re-seeds from (seed, epoch)), resumable from its last finished epoch,
+with a learning-rate schedule evaluated per iteration, standard augmentation for natural images, and a
+collapse check: a run whose clean training accuracy ends near chance raises TrainingCollapsed instead of
+silently producing a useless classifier.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.progress import Progress
+from defences.base import FitContext
+
+SCHEDULES = ("piecewise", "onecycle", "cosine", "constant")
+OPTIMISERS = ("sgd", "adam")
+AUGMENTATIONS = ("auto", "none", "crop_flip")
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training ended with clean accuracy near chance: the recipe diverged for this seed."""
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation settings of a classifier training run (the defaults follow Rice et al. 2020 for CIFAR)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    optimiser: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "piecewise"
+    warmup_epochs: float = 0.0
+    augment: str = "auto"
+    collapse_factor: float = 1.5
+
+    def validate(self) -> None:
+        for name, value, valid in (("optimiser", self.optimiser, OPTIMISERS), ("schedule", self.schedule, SCHEDULES),
+                                   ("augment", self.augment, AUGMENTATIONS)):
+            if value not in valid:
+                raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+
+def learning_rate(settings: TrainingSettings, progress: float) -> float:
+    """LR at `progress` epochs (fractional) into training."""
+    if settings.warmup_epochs > 0 and progress < settings.warmup_epochs:
+        return settings.lr * progress / settings.warmup_epochs
+    fraction = progress / settings.epochs
+    if settings.schedule == "constant":
+        return settings.lr
+    if settings.schedule == "piecewise":
+        return settings.lr * (0.1 if fraction >= 0.5 else 1.0) * (0.1 if fraction >= 0.75 else 1.0)
+    if settings.schedule == "cosine":
+        return 0.5 * settings.lr * (1 + math.cos(math.pi * min(fraction, 1.0)))
+    # one-cycle: linear up to the peak at 40% of training, then linearly down to zero
+    return settings.lr * (fraction / 0.4 if fraction < 0.4 else max(0.0, (1 - fraction) / 0.6))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel reflection padding and random horizontal flip, per example."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+    cols = torch.where(flip.to(x.device)[:, None], cols.flip(1), cols)
+    batch_index = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def make_optimiser(model: nn.Module, settings: TrainingSettings) -> torch.optim.Optimizer:
+    if settings.optimiser == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start:start + batch_size].to(device)
+        correct += (model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+    return correct / max(len(labels), 1)
+
+
+Perturber = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def train_classifier(model: nn.Module, train: Any, settings: TrainingSettings, ctx: FitContext,
+                     perturb: Perturber | None = None, label: str = "train") -> dict[str, Any]:
+    """Train `model` on `train` (an ImageSplit); `perturb(model, x, y, epoch)` makes adversarial batches."""
+    settings.validate()
+    device = ctx.device
+    model.to(device)
+    optimiser = make_optimiser(model, settings)
+    images, labels = train.float_images(), train.labels
+    use_augment = settings.augment == "crop_flip" or (
+        settings.augment == "auto" and images.shape[1] == 3 and images.shape[-1] >= 32)
+    steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if (saved := ctx.load_checkpoint(label)) is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        history, start_epoch = list(saved["history"]), int(saved["epoch"]) + 1
+        ctx.log.info("%s: resuming after epoch %d of %d", label, start_epoch, settings.epochs)
+    progress = Progress(label, settings.epochs, ctx.log, every_s=15.0, unit="epochs")
+    progress.done = start_epoch
+    started = time.monotonic()
+    for epoch in range(start_epoch, settings.epochs):
+        generator = ctx.seed_epoch(epoch)
+        order = torch.randperm(len(labels), generator=generator)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            x, y = images[index], labels[index]
+            if use_augment:
+                x = augment_batch(x, generator)
+            x, y = x.to(device), y.to(device)
+            if perturb is not None:
+                model.eval()
+                x = perturb(model, x, y, epoch)
+                model.train()
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(settings, epoch + step / steps_per_epoch)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        record = {"epoch": epoch, "loss": loss_sum / seen, "batch_accuracy": correct / seen}
+        history.append(record)
+        ctx.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                             "history": history}, phase=label)
+        progress.update(loss=record["loss"], acc=record["batch_accuracy"])
+    model.eval()
+    clean_train_accuracy = accuracy(model, images, labels, device)
+    num_classes = int(labels.max().item()) + 1
+    chance = 1.0 / num_classes
+    summary = {"epochs": settings.epochs, "history": history, "clean_train_accuracy": clean_train_accuracy,
+               "train_seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch}
+    if clean_train_accuracy < settings.collapse_factor * chance:
+        raise TrainingCollapsed(
+            f"{label}: clean training accuracy {clean_train_accuracy:.3f} is below {settings.collapse_factor} x chance "
+            f"({chance:.3f}) after {settings.epochs} epochs; lower the LR, add warm-up, or reduce eps")
+    return summary

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny grid on the digits data that trains and attacks in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_GRID = {
+    "description": "test grid",
+    "n_examples": 24,
+    "seeds": [0],
+    "eval": {"batch_size": 12},
+    "defences": {
+        "standard": {"name": "standard", "epochs": 2},
+        "at": {"name": "at", "epochs": 2, "attack_steps": 2, "collapse_factor": 0.0},
+    },
+    "attacks": {
+        "fgsm": {"name": "fgsm"},
+        "pgd": {"name": "pgd", "steps": 3},
+    },
+    "blocks": [{"name": "b", "scenarios": ["digits"], "defences": ["standard", "at"], "attacks": ["fgsm", "pgd"]}],
+}
+
+
+@pytest.fixture
+def tiny_grid(tmp_path: Path):
+    """Write a grid file (optionally changed by `edit`) and return run arguments that keep all output in tmp."""
+
+    def make(edit=None, name: str = "tiny_test") -> list[str]:
+        grid = yaml.safe_load(yaml.safe_dump(TINY_GRID))
+        if edit:
+            edit(grid)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(grid))
+        return [f"grid={path}", f"results_dir={tmp_path / 'results'}", f"artifacts_dir={tmp_path / 'artifacts'}",
+                "device=cpu", "log_level=WARNING"]
+
+    return make

@@ -1,0 +1,79 @@
+"""Config composition: overrides, validation errors that list valid names, stable content keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.config import ConfigError, compose
+from bench.grid import expand
+
+
+def test_demo_grid_expands_with_shared_training_stages():
+    plan = expand(compose([]))
+    assert plan.grid == "demo"
+    assert {c.defence_key for c in plan.cells} >= {"standard", "at"}
+    # every attack cell of a defence shares that defence's one training stage
+    stages_of = {}
+    for cell in plan.cells:
+        stages_of.setdefault((cell.scenario, cell.defence_key, cell.seed), set()).add(cell.stage)
+    assert all(len(stages) == 1 for stages in stages_of.values())
+    assert len(plan.stages) >= len(stages_of)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["grid=dmeo"], "Did you mean 'demo'"),
+    (["executor=locl"], "Did you mean 'local'"),
+    (["n_exampels=5"], "Did you mean 'n_examples'"),
+    (["defences.att.epochs=3"], "Did you mean 'at'"),
+    (["eval.drawz=3"], "Did you mean 'draws'"),
+    (["scenarios.digit.eps=0.1"], "Did you mean 'digits'"),
+    (["local.max_paralel=2", "executor=local"], "Did you mean 'max_parallel'"),
+    (["grid"], "not of the form key=value"),
+    (["eval.decision=best"], "valid: single, majority, worst"),
+])
+def test_bad_overrides_say_what_is_valid(argv, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        compose(argv)
+
+
+def test_unknown_defence_setting_is_reported_at_expansion(tiny_grid):
+    argv = tiny_grid(lambda g: g["defences"]["at"].update(epochz=3))
+    with pytest.raises(ConfigError, match="unknown setting.*'epochz'.*Did you mean 'epochs'"):
+        expand(compose(argv))
+
+
+def test_unknown_attack_name_lists_registry(tiny_grid):
+    argv = tiny_grid(lambda g: g["attacks"]["pgd"].update(name="pgdd"))
+    with pytest.raises(ConfigError, match="unknown attack 'pgdd'.*Did you mean 'pgd'"):
+        expand(compose(argv))
+
+
+def test_overrides_reach_stage_params_and_change_keys(tiny_grid):
+    base = expand(compose(tiny_grid()))
+    again = expand(compose(tiny_grid()))
+    assert [c.key for c in base.cells] == [c.key for c in again.cells]  # keys are stable
+    changed = expand(compose(tiny_grid() + ["defences.at.epochs=3"]))
+    at_stage = next(s for s in changed.stages.values() if s.defence_key == "at")
+    assert at_stage.params["epochs"] == 3
+    std_keys = {c.key for c in base.cells if c.defence_key == "standard"}
+    assert std_keys == {c.key for c in changed.cells if c.defence_key == "standard"}
+    assert not ({c.key for c in base.cells if c.defence_key == "at"} & {c.key for c in changed.cells})
+
+
+def test_scenario_override_changes_attack_eps(tiny_grid):
+    plan = expand(compose(tiny_grid() + ["scenarios.digits.eps=0.05"]))
+    assert all(c.attack_params["eps"] == 0.05 for c in plan.cells)
+    assert all(s.identity["scenario"]["eps"] == 0.05 for s in plan.stages.values())
+
+
+def test_n_examples_and_seeds_overrides(tiny_grid):
+    plan = expand(compose(tiny_grid() + ["n_examples=7", "seeds=[0,1]"]))
+    assert {c.n_examples for c in plan.cells} == {7}
+    assert {c.seed for c in plan.cells} == {0, 1}
+    assert len(plan.stages) == 4
+
+
+def test_values_are_data_never_code(tiny_grid):
+    plan = expand(compose(tiny_grid() + ["defences.at.schedule=__import__('os').system('false')"]))
+    stage = next(s for s in plan.stages.values() if s.defence_key == "at")
+    assert stage.params["schedule"] == "__import__('os').system('false')"  # a plain string, never evaluated
