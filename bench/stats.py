@@ -19,4 +19,5 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # floating-point rounding can put the bound a hair inside p at p = 0 or 1: the interval always holds p
+    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))
