@@ -1,0 +1,155 @@
+"""`carso`: the CARSO defence (papers/002): a frozen classifier plus a representation-conditional VAE purifier.
+
+Inference (decoder only): capture the classifier's representation of x, compress it, decode `samples`
+reconstructions from z ~ N(0, I), classify them all with the same classifier (chunks of `max_batch`),
+aggregate the logits into log-probabilities (`double_exp` by default). The whole pass is differentiable
+end to end and stochastic: two calls differ, the same torch seed gives the same output (z is drawn for
+all samples at once, so the result does not depend on the chunk size).
+
+`purify(x)` is one reconstruction per input (one z draw), `classify` the classifier, so BPDA-style attacks
+can use the parts. The classifier comes from the base stage (`base: at` in a grid) and is never saved
+here; the checkpoint holds only the representation compressors and the decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from defences.base import Defence, FitContext, Task
+from defences.carso.aggregation import aggregate
+from defences.carso.params import CarsoParams
+from defences.carso.purifier import Purifier
+from defences.carso.representation import capture, default_layers
+from defences.carso.training import train_purifier
+
+PURIFIER_PREFIX = "purifier."
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    tensor = next(module.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def representation_shapes(classifier: nn.Module, task: Task, layers: list[str]) -> list[tuple[int, ...]]:
+    """Per-example shapes of the captured tensors, from one probe pass in eval mode."""
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        probe = torch.zeros(1, *task.image_shape, device=_module_device(classifier))
+        tensors, _ = capture(classifier, probe, layers)
+    finally:
+        classifier.train(was_training)
+    return [tuple(t.shape[1:]) for t in tensors]
+
+
+class Carso(Defence):
+    """CARSO: classifier + representation-conditional purifier, robust aggregation of N reconstructions."""
+
+    Params = CarsoParams
+    code_version = "1"
+    stochastic = True
+    has_purifier = True
+    saves_classifier = False
+
+    def __init__(self, classifier: nn.Module, task: Task, params: CarsoParams, base: Defence | None = None):
+        super().__init__(classifier, task, params, base)
+        self.layers = list(params.layers) if params.layers else default_layers(classifier)
+        self.representation_shapes = representation_shapes(classifier, task, self.layers)
+        arch = params.architecture(min(task.height, task.width))
+        self.purifier = Purifier(
+            task.image_shape, task.mean, task.std, self.representation_shapes, fcrepr=arch["fcrepr"],
+            fjoint=arch["fjoint"], depth=arch["depth"], decoder_channels=params.decoder_channels,
+            decoder_style=params.decoder_style, input_channels=params.input_encoder_channels,
+        ).to(_module_device(classifier))
+        self.classifier.eval()
+
+    def train(self, mode: bool = True) -> Carso:
+        """The classifier is frozen: it (and the base defence) stays in eval mode whatever the mode."""
+        super().train(mode)
+        self.classifier.eval()
+        if self.base is not None:
+            self.base.eval()
+        return self
+
+    # --- inference -----------------------------------------------------------------------------------------
+    def representation_code(self, x: torch.Tensor) -> torch.Tensor:
+        representation, _ = capture(self.classifier, x, self.layers)
+        return self.purifier.encode_representation(representation)
+
+    def sample_logits(self, code: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """Classifier logits (N, B, C) of N decoder samples per representation code."""
+        n = samples or self.params.samples
+        batch = code.shape[0]
+        z = torch.randn(n * batch, self.purifier.latent_size, device=code.device, dtype=code.dtype)
+        codes = code.repeat(n, 1)  # row a * B + b: sample a of input b
+        chunk = self.params.max_batch
+        logits = [self.classifier(self.purifier.reconstruct(codes[i:i + chunk], z[i:i + chunk]))
+                  for i in range(0, n * batch, chunk)]
+        return torch.cat(logits).view(n, batch, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return aggregate(self.sample_logits(self.representation_code(x)), self.params.aggregation)
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.purifier.reconstruct(self.representation_code(x))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    # --- fitting -------------------------------------------------------------------------------------------
+    def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
+        frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
+        for parameter, _ in frozen:
+            parameter.requires_grad_(False)
+        self.classifier.eval()
+        try:
+            summary = train_purifier(self.purifier, self.classifier, self.layers, train, self.task, self.params,
+                                     ctx)
+            summary.update(self.training_check(train, ctx))
+        finally:
+            for parameter, flag in frozen:
+                parameter.requires_grad_(flag)
+        self.eval()
+        return {"layers": self.layers, "representation_shapes": [list(s) for s in self.representation_shapes],
+                "purifier_parameters": sum(p.numel() for p in self.purifier.parameters()),
+                "inference_parameters": sum(v.numel() for v in self.purifier.inference_state().values()),
+                **summary}
+
+    @torch.no_grad()
+    def training_check(self, train: Any, ctx: FitContext) -> dict[str, Any]:
+        """Clean accuracy of the classifier and of the whole defence on a fixed subset of training images."""
+        n = min(self.params.check_examples, len(train))
+        if n == 0:
+            return {}
+        self.eval()
+        index = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:n]
+        x, y = train.float_images(index).to(ctx.device), train.labels[index].to(ctx.device)
+        classifier_correct = defence_correct = 0
+        for i in range(0, n, 128):
+            classifier_correct += (self.classifier(x[i:i + 128]).argmax(1) == y[i:i + 128]).sum().item()
+            defence_correct += (self(x[i:i + 128]).argmax(1) == y[i:i + 128]).sum().item()
+        ctx.log.info("carso check on %d training images: classifier %.3f, carso %.3f", n, classifier_correct / n,
+                     defence_correct / n)
+        return {"check_examples": n, "check_classifier_accuracy": classifier_correct / n,
+                "check_carso_accuracy": defence_correct / n}
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return {PURIFIER_PREFIX + k: v.detach().contiguous().cpu() for k, v in self.purifier.inference_state().items()}
+
+    def load(self, folder: Path) -> None:
+        state = load_file(str(folder / "defence.safetensors"))
+        expected = set(self.checkpoint_state())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {folder} does not match this CARSO purifier (layers {self.layers[:3]}..., "
+                               f"settings {self.params}): missing {missing[:5]}, unexpected {unexpected[:5]}")
+        device = _module_device(self.purifier)
+        self.purifier.load_state_dict({k.removeprefix(PURIFIER_PREFIX): v.to(device) for k, v in state.items()},
+                                      strict=False)
