@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from submitit.helpers import Checkpointable
+
 from bench.grid import EvalCell, Plan, TrainStage
 
 
@@ -44,14 +46,19 @@ def _note_job_log() -> None:
         import submitit
 
         environment = submitit.JobEnvironment()
-        os.environ["BENCH_JOB_LOG"] = str(environment.paths.stdout).replace("%j", str(environment.job_id))
+        # stderr: where logging and tracebacks go (stdout holds submitit's own few lines)
+        os.environ["BENCH_JOB_LOG"] = str(environment.paths.stderr).replace("%j", str(environment.job_id))
     except RuntimeError:  # not inside a submitit job
         pass
 
 
 @dataclass
-class StageJob:
-    """Fit one training stage (a callable so that executors can pickle it by value: two strings)."""
+class StageJob(Checkpointable):
+    """Fit one training stage (a callable so that executors can pickle it by value: two strings).
+
+    Checkpointable: when SLURM signals a timeout or preemption, submitit requeues the same call; the
+    stage then resumes from its last per-epoch progress file (and a cell from its per-batch partial file).
+    """
 
     plan_path: str
     stage_key: str
@@ -65,8 +72,8 @@ class StageJob:
 
 
 @dataclass
-class CellJob:
-    """Evaluate one cell and write its record."""
+class CellJob(Checkpointable):
+    """Evaluate one cell and write its record (Checkpointable like StageJob)."""
 
     plan_path: str
     cell_key: str

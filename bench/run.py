@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import records
 from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose
+from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
 from bench.grid import Plan, expand
 from bench.jobs import configure_logging, record_path, write_plan
@@ -74,16 +75,31 @@ def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]
     return "\n".join(lines)
 
 
+def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
+    """Jobs an earlier `executor=slurm` run submitted: those that died without a word get a failed record."""
+    jobs_file = results_dir / ".plan" / "jobs.json"
+    if jobs_file.exists():
+        from bench.status import JobBook, collect_finished_jobs
+
+        collect_finished_jobs(plan, JobBook(jobs_file))
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     options = dict(config.options)
     options["scenario_overrides"] = config.scenario_overrides
     plan = expand(config)
     plan.options = options
+    results_dir = config.results_dir()
+    if not options["dry_run"]:
+        collect_slurm_jobs(plan, results_dir)
     stage_state, cell_state = plan_state(plan)
     print(describe(plan, stage_state, cell_state), flush=True)
     if options["dry_run"]:
+        executor_class = EXECUTORS.resolve(options["executor"])
+        if hasattr(executor_class, "describe"):  # e.g. the SLURM arrays, tasks and resources it would submit
+            executor = executor_class(options=config.executor_options, run_options=options)
+            print(executor.describe(plan, *work_to_do(plan, stage_state, cell_state, bool(options["retry_failed"]))))
         return {"dry_run": True, "cells": len(plan.cells)}
-    results_dir = config.results_dir()
     plan_path = write_plan(plan, results_dir)
     stage_levels, cells = work_to_do(plan, stage_state, cell_state, bool(options["retry_failed"]))
     if not cells:
@@ -119,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 1 if summary.get("failed") else 0
 
 

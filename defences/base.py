@@ -95,7 +95,9 @@ class Defence(nn.Module):
         self.classifier = classifier
         self.task = task
         self.params = params
-        self.base = base
+        # Not a registered submodule: the base stage's weights belong to its own artifact, and registering it
+        # would save (and require on load) a second copy of the shared classifier.
+        object.__setattr__(self, "base", base)
 
     @classmethod
     def make_params(cls, given: dict[str, Any]) -> Any:
