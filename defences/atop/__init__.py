@@ -1,0 +1,5 @@
+"""AToP (papers/004): random transforms, GAN / AE purifiers and adversarial fine-tuning of the purifier."""
+
+from defences.atop.model import AToP, AToPParams
+
+__all__ = ["AToP", "AToPParams"]
