@@ -1,16 +1,35 @@
-"""Attacks built by name with their budget: `attacks.build("pgd", eps=8/255, steps=20)(model, x, y)`."""
+"""Attacks built by name with their budget: `attacks.build("pgd", eps=8/255, steps=20)(model, x, y)`.
+
+Also the evaluation protocol for stochastic defences (`evaluate_correctness`: K independent draws) and the
+gradient-masking diagnostics (`diagnose`).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import torch
+
 from attacks.base import Attack, ThreatModelViolation, attack_surface, check_threat_model, project
+from attacks.protocol import evaluate_correctness, summarise_draws, worst_case_over_attacks
 from bench.registry import Registry, coerce_params
+
+if TYPE_CHECKING:
+    from attacks.diagnostics import DiagnosticReport
 
 REGISTRY = Registry(
     "attack",
     {
         "fgsm": "attacks.gradient:FGSM",
         "pgd": "attacks.gradient:PGD",
+        "cw": "attacks.gradient:CW",
         "aa": "attacks.autoattack:AutoAttackStandard",
+        "randaa": "attacks.autoattack:AutoAttackRand",
+        "apgd_ce": "attacks.autoattack:APGDCE",
+        "apgd_dlr": "attacks.autoattack:APGDDLR",
+        "square": "attacks.autoattack:Square",
+        "pgd_eot": "attacks.eot:EOTPGD",
+        "bpda_eot": "attacks.bpda:BPDAEOT",
     },
     entry_point_group="bench.attacks",
 )
@@ -35,7 +54,16 @@ def names() -> list[str]:
     return REGISTRY.names()
 
 
+def diagnose(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+             **budget: Any) -> DiagnosticReport:
+    """Gradient-masking diagnostics for `model` on (x, y) at `eps`; see attacks.diagnostics.diagnose."""
+    from attacks.diagnostics import diagnose as run_diagnostics
+
+    return run_diagnostics(model, x, y, eps, norm, **budget)
+
+
 __all__ = [
     "Attack", "REGISTRY", "ThreatModelViolation", "attack_class", "attack_surface", "build",
-    "check_threat_model", "names", "project",
+    "check_threat_model", "diagnose", "evaluate_correctness", "names", "project", "summarise_draws",
+    "worst_case_over_attacks",
 ]

@@ -1,0 +1,75 @@
+"""BPDA+EOT: PGD+EOT through a purifier whose gradient is replaced by the identity (Athalye et al. 2018).
+
+The forward pass is the defence's own: `classify(purify(x))`, with fresh randomness on every pass. In the
+backward pass the purifier is skipped: the gradient w.r.t. the purified image is used as the gradient w.r.t.
+x. EOT over the defence's randomness is batched exactly as in `pgd_eot` (attacks/eot.py), whose defaults
+(200 steps, 0.007, EOT 20, no random start) BPDA+EOT keeps.
+
+`purify` may return images shaped like x, or k purified copies per input stacked copy-major
+((k*B, ...) as `x.repeat(k, ...)`, or (k, B, ...)), which `classify` then aggregates; the identity gradient
+of every copy flows back to its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.eot import EOTPGD
+
+
+def straight_through(x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+    """`purified` in the forward pass, the identity (summed over copies) in the backward pass."""
+    purified = purified.detach()
+    if purified.shape == x.shape:
+        return purified + (x - x.detach())
+    batch, item = x.shape[0], tuple(x.shape[1:])
+    if purified.dim() == x.dim() and tuple(purified.shape[1:]) == item and purified.shape[0] % batch == 0:
+        repeated = x.repeat(purified.shape[0] // batch, *([1] * (x.dim() - 1)))
+        return purified + (repeated - repeated.detach())
+    if purified.dim() == x.dim() + 1 and tuple(purified.shape[1:]) == tuple(x.shape):
+        stacked = x.unsqueeze(0).expand_as(purified)
+        return purified + (stacked - stacked.detach())
+    raise ValueError(f"purify returned shape {tuple(purified.shape)} for inputs {tuple(x.shape)}; BPDA needs the "
+                     "input's shape, (k*B, ...) copy-major, or (k, B, ...)")
+
+
+class IdentityGradientPurifier(nn.Module):
+    """A defence seen through BPDA: its forward pass unchanged, its purifier's gradient the identity."""
+
+    def __init__(self, defence: nn.Module):
+        super().__init__()
+        missing = [name for name in ("purify", "classify") if not callable(getattr(defence, name, None))]
+        if missing:
+            raise ValueError(f"bpda_eot needs a defence with purify() and classify(); {type(defence).__name__} "
+                             f"lacks {', '.join(missing)}")
+        self.defence = defence
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(getattr(self.defence, "stochastic", False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            purified = self.defence.purify(x)
+        return self.defence.classify(straight_through(x, purified))
+
+
+@dataclass
+class BPDAEOT(EOTPGD):
+    """BPDA+EOT: `pgd_eot` on the defence with its purifier's gradient replaced by the identity.
+
+    It always attacks the whole defence (it needs purify and classify), so `target` must be 'end_to_end'.
+    On a defence without a purifier (purify is the identity) it is exactly `pgd_eot`.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target != "end_to_end":
+            raise ValueError(f"bpda_eot attacks the whole defence (purify + classify); target={self.target!r} is "
+                             "not valid, use target='end_to_end' (or pgd_eot with target='classifier')")
+
+    def surface(self, model: nn.Module) -> nn.Module:
+        return IdentityGradientPurifier(model)

@@ -1,0 +1,154 @@
+"""`python -m bench.diagnose grid=NAME cell=<key | scenario/defence/attack> [n=100] [seed=S] [budget...]`:
+run `attacks.diagnose` on one cell's fitted defence and test subset, and write
+results/<grid>/diagnostics/<scenario>.<defence>.<attack>.s<seed>.json.
+
+The diagnostics attack what the cell's attack attacks (the whole defence, its classifier alone for
+`target: classifier`, the identity-gradient view for `bpda_eot`), at the cell's eps and norm, with the cell's
+steps / EOT / max_batch unless given here, and K = the grid's eval draws. Budget keys: steps, step_size, eot,
+draws, square_queries, eps_max, eps_points, tolerance, max_batch. Any other key=value is a bench.run setting
+(results_dir, artifacts_dir, device, defences.<key>.<setting>, ...). A missing training stage is an error
+unless `train_missing=true`, which fits it first (as bench.run would).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attacks
+from attacks.diagnostics import Budget
+from bench import records
+from bench.config import ConfigError, compose, parse_overrides
+from bench.grid import EvalCell, Plan, expand
+from bench.jobs import configure_logging
+from bench.runtime import git_commit, package_versions, resolve_device, seed_everything
+
+LOG = logging.getLogger("bench.diagnose")
+BUDGET_KEYS = {f.name for f in dataclasses.fields(Budget)} - {"seed"}
+OWN_KEYS = {"cell", "n", "seed", "train_missing"}
+USAGE = __doc__
+
+
+def find_cell(plan: Plan, spec: str, seed: int | None) -> EvalCell:
+    """A cell by key (or a unique key prefix) or by scenario/defence/attack (and seed when several)."""
+    by_key = [c for c in plan.cells if c.key.startswith(spec)]
+    if by_key and len(spec) >= 6:
+        matches = by_key
+    else:
+        parts = spec.split("/")
+        if len(parts) != 3:
+            raise ConfigError(f"cell={spec!r} is neither a cell key nor scenario/defence/attack. Cells: "
+                              + ", ".join(sorted({f'{c.scenario}/{c.defence_key}/{c.attack_key}' for c in plan.cells})))
+        matches = [c for c in plan.cells if (c.scenario, c.defence_key, c.attack_key) == tuple(parts)]
+    if seed is not None:
+        matches = [c for c in matches if c.seed == seed]
+    if not matches:
+        raise ConfigError(f"no cell of grid {plan.grid} matches cell={spec!r}" + (f" seed={seed}" if seed is not None
+                          else "") + ". Cells: " + ", ".join(c.label for c in plan.cells))
+    if len({(c.scenario, c.defence_key, c.attack_key, c.seed) for c in matches}) > 1:
+        raise ConfigError(f"cell={spec!r} matches several cells ({', '.join(c.label for c in matches)}); "
+                          "give seed=S or the cell key")
+    return matches[0]
+
+
+def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, Any]) -> dict[str, Any]:
+    """The diagnostics budget: the cell attack's steps / EOT / max_batch, the grid's draws, then `given`."""
+    params = cell.attack_params
+    budget: dict[str, Any] = {"draws": draws, "seed": cell.seed}
+    steps = params.get("steps", params.get("apgd_steps"))
+    if steps:
+        budget["steps"] = int(steps)
+    if stochastic and params.get("eot", 1) > 1:
+        budget["eot"] = int(params["eot"])
+    if params.get("max_batch"):
+        budget["max_batch"] = int(params["max_batch"])
+    return {**budget, **given}
+
+
+def output_path(results_dir: Path, cell: EvalCell) -> Path:
+    return results_dir / "diagnostics" / f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
+
+
+def run(argv: list[str]) -> Path:
+    from bench.stages import DONE_FILE, evaluation_subset, load_fitted_defence, run_training_stage, stage_scenario
+
+    own: dict[str, Any] = {}
+    budget: dict[str, Any] = {}
+    rest: list[str] = []
+    for item, (key, value) in zip(argv, parse_overrides(argv), strict=True):
+        if key in OWN_KEYS:
+            own[key] = value
+        elif key in BUDGET_KEYS:
+            budget[key] = value
+        else:
+            rest.append(item)
+    if "cell" not in own:
+        raise ConfigError("name the cell: cell=<key> or cell=<scenario>/<defence>/<attack>")
+    config = compose(rest)
+    options = dict(config.options)
+    options["scenario_overrides"] = config.scenario_overrides
+    plan = expand(config)
+    cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
+    stage = plan.stages[cell.stage]
+    missing = [key for key in _stage_chain(plan, cell.stage)
+               if not (Path(plan.stages[key].artifact_dir) / DONE_FILE).exists()]
+    if missing and not own.get("train_missing"):
+        raise ConfigError(f"the training stage of {cell.label} ({stage.artifact_dir}) is not fitted yet: run "
+                          f"`python -m bench.run grid={plan.grid}` first, or add train_missing=true")
+    for key in reversed(missing):
+        LOG.info("fitting missing training stage %s", plan.stages[key].label)
+        run_training_stage(plan.stages, key, options)
+
+    device = resolve_device(options.get("device", "auto"))
+    defence = load_fitted_defence(plan.stages, cell.stage, options, device)
+    scenario = stage_scenario(stage, options)
+    n = int(own.get("n", 100))
+    _, images, labels = evaluation_subset(scenario, n, options.get("data_dir"))
+    attack = attacks.build(cell.attack_name, **{k: v for k, v in cell.attack_params.items() if k != "name"})
+    surface = attack.surface(defence)
+    stochastic = bool(getattr(surface, "stochastic", False))
+    draws = int(cell.eval["stochastic_draws"] if stochastic else cell.eval["draws"])
+    settings = cell_budget(cell, stochastic, draws, budget)
+    LOG.info("diagnosing %s on n=%d with %s", cell.label, len(labels), settings)
+    seed_everything(cell.seed)
+    report = attacks.diagnose(surface, images.to(device), labels.to(device), attack.eps, attack.norm,
+                              stochastic=stochastic, **settings)
+    print(report.summary(), flush=True)
+    document = {"scenario": cell.scenario, "defence": cell.defence_key, "attack": cell.attack_key, "seed": cell.seed,
+                **report.to_json(), "grid": plan.grid, "cell": cell.key, "defence_name": cell.defence_name,
+                "attack_name": cell.attack_name, "target": attack.target, "created_at": time.time(),
+                "git_commit": git_commit(), "packages": package_versions()}
+    path = output_path(config.results_dir(), cell)
+    records.write_json_atomic(path, document)
+    LOG.info("wrote %s (raised: %s)", path, ", ".join(report.raised) or "none")
+    return path
+
+
+def _stage_chain(plan: Plan, key: str | None) -> list[str]:
+    chain = []
+    while key is not None:
+        chain.append(key)
+        key = plan.stages[key].base_stage
+    return chain
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        configure_logging("INFO")
+        run(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""`attacks.diagnose`: flags a model that hides its gradients (a quantising input layer), raises nothing on a
+plain small CNN, and raises each other flag on a model built to trip it; BPDA breaks the quantising model that
+plain PGD cannot. Also the `python -m bench.diagnose` cell lookup and output."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import attacks
+from attacks.diagnostics import FLAGS, eps_grid
+from attacks.toys import NoisyDefence, QuantisingDefence, TinyCNN, digits8, fit_classifier, toy_task
+from bench.config import ConfigError, compose
+from bench.diagnose import cell_budget, find_cell, main
+from bench.grid import expand
+
+N = 60
+FAST = {"steps": 10, "square_queries": 300}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_x, train_y = digits8("train")
+    test_x, test_y = digits8("test")
+    return train_x, train_y, test_x[:N], test_y[:N]
+
+
+@pytest.fixture(scope="module")
+def cnn(data):
+    torch.set_num_threads(1)
+    return fit_classifier(TinyCNN(), data[0], data[1], epochs=10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def quantised(data):
+    torch.set_num_threads(1)
+    defence = QuantisingDefence(TinyCNN(), toy_task(), QuantisingDefence.Params(levels=5))
+    fit_classifier(defence.classifier, data[0], data[1], epochs=10, seed=0, transform=defence.purify)
+    return defence.eval()
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_plain_cnn_raises_no_flag(cnn, data):
+    _, _, x, y = data
+    report = attacks.diagnose(cnn, x, y, eps=0.1, **FAST)
+    assert report.raised == [], report.summary()
+    assert list(report.flags) == list(FLAGS)
+    assert report.curves["eps"]["x"][0] == 0.0 and report.curves["eps"]["x"][-1] == 0.95
+    assert report.curves["eps"]["acc"][0] == pytest.approx(accuracy(cnn, x, y))
+    assert report.curves["eps"]["acc"][-1] < 0.1
+    assert report.curves["steps"]["x"] == [5.0, 10.0, 20.0]
+    assert report.curves["eot"] == {"x": [], "acc": []}  # deterministic: no EOT curve
+    json.dumps(report.to_json())  # JSON-able as it is
+
+
+def test_quantising_input_layer_is_flagged(quantised, data):
+    _, _, x, y = data
+    report = attacks.diagnose(quantised, x, y, eps=0.15, **FAST)
+    flags = report.flags
+    assert flags["zero_or_nonfinite_gradients"].raised
+    assert flags["zero_or_nonfinite_gradients"].evidence["zero_margin_gradient"] == N
+    assert flags["not_below_chance_at_large_eps"].raised
+    assert flags["not_below_chance_at_large_eps"].evidence["accuracy"] == pytest.approx(accuracy(quantised, x, y))
+    assert flags["black_box_beats_white_box"].raised
+    assert flags["black_box_beats_white_box"].evidence["points_only_black_box_breaks"] > N // 2
+
+
+def test_bpda_breaks_the_quantising_model_where_plain_pgd_cannot(quantised, data):
+    _, _, x, y = data
+    clean = accuracy(quantised, x, y)
+    assert clean > 0.85
+    pgd = accuracy(quantised, attacks.build("pgd", eps=0.15, steps=20)(quantised, x, y), y)
+    pgd_eot = accuracy(quantised, attacks.build("pgd_eot", eps=0.15, steps=20, eot=1)(quantised, x, y), y)
+    bpda = accuracy(quantised, attacks.build("bpda_eot", eps=0.15, steps=20, eot=1)(quantised, x, y), y)
+    assert pgd >= clean - 0.1 and pgd_eot == clean  # zero gradients: no random start, no movement
+    assert bpda < 0.25
+
+
+class ClaimsDeterministic(NoisyDefence):
+    stochastic = False
+
+
+class NoisePerBatch(NoisyDefence):
+    """Draws one noise image per forward pass and adds it to every example: batched EOT copies are identical."""
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.params.sigma * torch.randn(1, *x.shape[1:], device=x.device)
+
+
+def test_randomness_in_a_model_that_claims_determinism_is_flagged(cnn, data):
+    _, _, x, y = data
+    liar = ClaimsDeterministic(cnn, toy_task(), NoisyDefence.Params(sigma=0.3)).eval()
+    report = attacks.diagnose(liar, x, y, eps=0.1, **FAST)
+    assert not report.stochastic
+    assert report.flags["unstable_deterministic_predictions"].raised
+    assert report.flags["unstable_deterministic_predictions"].evidence["changed_predictions"] > 0
+
+
+def test_randomness_shared_across_a_batch_is_flagged_and_per_example_noise_is_not(cnn, data):
+    _, _, x, y = data
+    shared = NoisePerBatch(cnn, toy_task(), NoisyDefence.Params(sigma=0.3)).eval()
+    per_example = NoisyDefence(cnn, toy_task(), NoisyDefence.Params(sigma=0.3)).eval()
+    budget = {"steps": 4, "eot": 2, "draws": 2, "square_queries": 50, "eps_points": 2}
+    shared_report = attacks.diagnose(shared, x[:20], y[:20], eps=0.1, **budget)
+    assert shared_report.flags["identical_copies_in_batch"].raised
+    per_example_report = attacks.diagnose(per_example, x[:20], y[:20], eps=0.1, **budget)
+    assert not per_example_report.flags["identical_copies_in_batch"].raised
+    assert per_example_report.curves["eot"]["x"] == [1.0, 2.0, 4.0]
+
+
+class BandModel(nn.Module):
+    """Three classes, true class 0, a function of the mean pixel s. Cross-entropy rises with s everywhere, but
+    only a band of s (about 0.37-0.43) is misclassified: PGD walks through the band and out of it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).mean(1)
+        total = (0.5 + 3 * (s - 0.2)).clamp(0.05, 1.9)        # e^l1 + e^l2, increasing in s
+        share = 1 - 0.5 * torch.sigmoid(50 * (s - 0.45))        # of it on class 1
+        return torch.stack([torch.zeros_like(s), torch.log(share * total), torch.log((1 - share) * total)], 1)
+
+
+def test_silent_success_is_flagged():
+    model = BandModel()
+    x, y = torch.full((4, 1, 5, 5), 0.3), torch.zeros(4, dtype=torch.long)
+    report = attacks.diagnose(model, x, y, eps=0.3, steps=20, square_queries=20, eps_points=2)
+    flag = report.flags["silent_success"]
+    assert flag.raised and flag.evidence["points"] == 4
+    assert flag.evidence["final_accuracy"] == 1.0 and flag.evidence["accuracy_if_best_iterate_kept"] == 0.0
+
+
+def test_bad_budgets_are_clear_errors(cnn, data):
+    _, _, x, y = data
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        attacks.diagnose(cnn, x, y, eps=0.1, stepz=3)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        attacks.diagnose(cnn, x, y, eps=0.1, steps=0)
+    with pytest.raises(ValueError, match="norm='L1'"):
+        attacks.diagnose(cnn, x, y, eps=0.1, norm="L1")
+
+
+def test_eps_grid_spans_zero_eps_and_the_maximum():
+    eps = 8 / 255
+    grid = eps_grid(eps, 0.95, 6)
+    assert grid[0] == 0.0 and grid[-1] == 0.95 and eps in grid and len(grid) == 8
+    geometric = [v for v in grid if v not in (0.0, eps)]  # eps/2 ... 0.95, a constant ratio
+    ratios = [b / a for a, b in zip(geometric, geometric[1:], strict=False)]
+    assert geometric[0] == pytest.approx(eps / 2, abs=1e-6)
+    assert all(math.isclose(r, ratios[0], rel_tol=1e-4) for r in ratios)
+
+
+# --- python -m bench.diagnose ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_plan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diag")
+    config = compose(["grid=demo", f"results_dir={root / 'results'}", f"artifacts_dir={root / 'artifacts'}"])
+    return expand(config)
+
+
+def test_find_cell_by_label_and_by_key(demo_plan):
+    cell = find_cell(demo_plan, "digits/at/pgd", None)
+    assert (cell.scenario, cell.defence_key, cell.attack_key) == ("digits", "at", "pgd")
+    assert find_cell(demo_plan, cell.key[:10], None) is cell
+    with pytest.raises(ConfigError, match="no cell"):
+        find_cell(demo_plan, "digits/at/nothing", None)
+    with pytest.raises(ConfigError, match="neither a cell key"):
+        find_cell(demo_plan, "digits-at", None)
+
+
+def test_cell_budget_follows_the_cells_attack(demo_plan):
+    pgd = find_cell(demo_plan, "digits/at/pgd", None)
+    assert cell_budget(pgd, False, 1, {}) == {"draws": 1, "seed": pgd.seed, "steps": pgd.attack_params["steps"]}
+    aa = find_cell(demo_plan, "digits/at/aa", None)
+    assert cell_budget(aa, False, 1, {"steps": 7})["steps"] == 7
+    assert cell_budget(aa, False, 1, {})["steps"] == aa.attack_params["apgd_steps"]
+
+
+def test_cli_without_a_fitted_stage_says_what_to_do(tmp_path, capsys):
+    code = main(["grid=demo", "cell=digits/standard/pgd", f"results_dir={tmp_path}", f"artifacts_dir={tmp_path}"])
+    assert code == 2
+    assert "train_missing=true" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_writes_the_diagnostics_file(tmp_path):
+    code = main(["grid=demo", "cell=digits/standard/pgd", "n=30", "steps=4", "square_queries=50",
+                 "train_missing=true", "defences.standard.epochs=1", f"results_dir={tmp_path / 'results'}",
+                 f"artifacts_dir={tmp_path / 'artifacts'}"])
+    assert code == 0
+    document = json.loads((tmp_path / "results/demo/diagnostics/digits.standard.pgd.s0.json").read_text())
+    for key in ("scenario", "defence", "attack", "seed", "n", "eps", "norm", "flags", "curves"):
+        assert key in document
+    assert (document["scenario"], document["defence"], document["attack"], document["n"]) == \
+        ("digits", "standard", "pgd", 30)
+    assert set(document["flags"]) == set(FLAGS)
+    assert all(set(flag) == {"raised", "evidence"} for flag in document["flags"].values())
+    assert set(document["curves"]) == {"eps", "steps", "eot"}
+    assert document["curves"]["steps"]["x"] == [2.0, 4.0, 8.0]
+
+
+
+def test_pgd_eot_keep_best_keeps_the_adversarial_iterate_the_final_one_misses():
+    model, x, y = BandModel(), torch.full((4, 1, 5, 5), 0.3), torch.zeros(4, dtype=torch.long)
+    settings = {"eps": 0.3, "steps": 20, "step_size": 0.0375, "eot": 1}
+    final = attacks.build("pgd_eot", **settings)(model, x, y)
+    kept = attacks.build("pgd_eot", keep_best=True, **settings)(model, x, y)
+    assert accuracy(model, final, y) == 1.0 and accuracy(model, kept, y) == 0.0

@@ -1,0 +1,109 @@
+"""The evaluation protocol for stochastic defences: K-draw correctness and its single / majority / worst-of-K
+summaries, against exact hand-computed values and the binomial formulas for a model with a known per-draw
+success rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attacks
+from attacks.protocol import score_points, summarise_draws, worst_case_over_attacks
+from attacks.toys import BernoulliModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bernoulli_inputs(rates: list[float], per_rate: int, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    q = torch.tensor(rates).repeat_interleave(per_rate)
+    labels = torch.arange(q.numel()) % num_classes
+    return torch.stack([q, labels.float()], dim=1), labels
+
+
+def majority_probability(q: float, draws: int) -> float:
+    """P(more than half of `draws` independent draws are correct), each correct with probability q."""
+    return sum(math.comb(draws, k) * q**k * (1 - q) ** (draws - k) for k in range(draws // 2 + 1, draws + 1))
+
+
+def test_summaries_of_a_hand_written_draw_matrix():
+    correct = torch.tensor([[1, 1, 0, 0, 1],
+                            [1, 0, 1, 0, 1],
+                            [1, 1, 0, 0, 0],
+                            [1, 0, 1, 0, 1]], dtype=torch.bool)  # 4 draws, 5 examples
+    summary = summarise_draws(correct)
+    assert summary["single"].tolist() == [1.0, 0.5, 0.5, 0.0, 0.75]
+    assert summary["majority"].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]  # 2 of 4 is a tie: not a majority
+    assert summary["worst"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("draws", [1, 4, 5])
+def test_known_per_draw_rates_give_the_binomial_single_majority_and_worst_values(draws):
+    rates, per_rate = [0.2, 0.55, 0.9], 3000
+    x, y = bernoulli_inputs(rates, per_rate)
+    correct = attacks.evaluate_correctness(BernoulliModel(), x, y, draws=draws, chunk_size=1000)
+    assert correct.shape == (draws, x.shape[0]) and correct.dtype == torch.bool
+    summary = summarise_draws(correct)
+    for index, q in enumerate(rates):
+        part = slice(index * per_rate, (index + 1) * per_rate)
+        expected = {"single": q, "majority": majority_probability(q, draws), "worst": q**draws}
+        for rule, value in expected.items():
+            measured = summary[rule][part].mean().item()
+            # the per-example values are independent across examples: 4.5 standard errors of their mean
+            variance = q * (1 - q) / draws if rule == "single" else value * (1 - value)
+            assert abs(measured - value) <= 4.5 * math.sqrt(variance / per_rate) + 1e-9, (rule, q, measured, value)
+
+
+def test_draws_are_independent_forward_passes():
+    x, y = bernoulli_inputs([0.5], 400)
+    correct = attacks.evaluate_correctness(BernoulliModel(), x, y, draws=6)
+    # identical rows would mean one draw copied K times; independent draws agree on about half the examples
+    agreement = (correct[0] == correct[1:]).float().mean().item()
+    assert 0.4 < agreement < 0.6
+
+
+def test_deterministic_model_chunked_equals_unchunked():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    x, y = torch.rand(37, 3, 2, 2), torch.randint(0, 4, (37,))
+    whole = attacks.evaluate_correctness(model, x, y, draws=2)
+    chunked = attacks.evaluate_correctness(model, x, y, draws=2, chunk_size=5)
+    assert torch.equal(whole, chunked)
+    assert torch.equal(whole[0], model(x).argmax(1) == y)
+
+
+def test_bad_arguments_are_clear_errors():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y = torch.rand(3, 1, 2, 2), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        attacks.evaluate_correctness(model, x, y, draws=0)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        attacks.evaluate_correctness(model, x, y, chunk_size=0)
+    with pytest.raises(ValueError, match="2 labels"):
+        attacks.evaluate_correctness(model, x, y[:2])
+
+
+def test_score_points_rate_and_margin():
+    logits = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 3.0]])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Identity())
+    rate, margin = score_points(model, logits, torch.tensor([0, 1]), draws=3)
+    assert rate.tolist() == [1.0, 0.0]
+    assert margin.tolist() == [-1.5, 2.0]  # best other minus true
+
+
+def test_worst_case_over_attacks_is_the_per_example_minimum():
+    first = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0]], dtype=torch.bool)   # rates 1, 1, .5, .5
+    second = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)  # rates 1, .5, 1, 1
+    combined = worst_case_over_attacks([first, second])
+    assert combined["single"].tolist() == [1.0, 0.5, 0.5, 0.5]
+    assert combined["majority"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert combined["worst"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="different numbers of examples"):
+        worst_case_over_attacks([first, second[:, :3]])
