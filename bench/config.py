@@ -35,6 +35,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "model_dir": "models",
     "device": "auto",
     "log_level": "INFO",
+    "threads": None,
     "n_examples": None,
     "seeds": None,
     "retry_failed": True,

@@ -15,6 +15,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from bench.grid import EvalCell, Plan, TrainStage
+from bench.runtime import configure_threads
 
 
 def write_plan(plan: Plan, results_dir: Path) -> Path:
@@ -68,6 +69,7 @@ class StageJob(Checkpointable):
 
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
+        configure_threads(plan.options.get("threads"))
         return run_training_stage(plan.stages, self.stage_key, plan.options)
 
 
@@ -83,6 +85,7 @@ class CellJob(Checkpointable):
 
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
+        configure_threads(plan.options.get("threads"))
         cell = next(c for c in plan.cells if c.key == self.cell_key)
         return run_eval_cell(plan.stages, cell, plan.options, record_path(plan, cell))
 

@@ -19,6 +19,7 @@ from bench.executors import make_executor
 from bench.grid import Plan, expand
 from bench.jobs import configure_logging, record_path, write_plan
 from bench.progress import format_seconds
+from bench.runtime import configure_threads
 from bench.stages import DONE_FILE
 
 LOG = logging.getLogger("bench.run")
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = compose(argv)
         configure_logging(config.options["log_level"])
+        configure_threads(config.options["threads"])
         summary = run(config)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -32,6 +32,13 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def configure_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count (None or 0: torch's default). On a CPU shared with other jobs, one thread
+    per process avoids oversubscription, which can slow small models down by an order of magnitude."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU; anything else is passed to torch.device."""
     if spec == "auto":
