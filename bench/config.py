@@ -110,6 +110,13 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     for key in ("n_examples", "seeds", "eval", "description", "report"):
         if key in grid:
             merged[key] = grid[key]
+    if merged.get("report"):
+        from bench.reporting.layouts import validate_report_config
+
+        try:
+            validate_report_config(merged["report"])
+        except ValueError as error:
+            raise ConfigError(f"grid {name}: report section: {error}") from error
     for index, block in enumerate(merged["blocks"]):
         unknown = sorted(set(block) - BLOCK_KEYS)
         if unknown:

@@ -196,6 +196,8 @@ def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[s
         "target": cell.attack_params.get("target"), "eps": cell.attack_params.get("eps"),
         "norm": cell.attack_params.get("norm"), "seed": cell.seed, "n_examples": cell.n_examples,
         "eval_settings": cell.eval, "git_commit": git_commit(), "packages": package_versions(),
+        "defence_params": stages[cell.stage].params,
+        "scenario_identity": stages[cell.stage].identity.get("scenario"),
         "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "log": os.environ.get("BENCH_JOB_LOG"), "started_at": started,
     }

@@ -1,0 +1,220 @@
+"""Read a grid's results folder: the current plan, its cell records, unfinished work and diagnostics.
+
+The plan (results/<grid>/.plan/plan.json) says which cells the grid has; each planned cell is `done` or
+`failed` (it has a record), `partial` (an evaluation stopped part-way: some batches saved) or `missing`.
+Records in cells/ that the current plan does not name (an older plan's) are kept aside, never mixed in.
+Without a plan, every record is a cell (its defence parameters and scenario identity then come from the
+record's `defence_params` / `scenario_identity`, where it has them). cells/history/ is not read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import load_records, read_json, validate_record
+
+LOG = logging.getLogger("bench.report")
+STATUSES = ("done", "failed", "partial", "missing")
+
+
+@dataclass
+class CellResult:
+    """One planned cell and what is known about it; `record` is None unless the cell has a record."""
+
+    key: str
+    scenario: str
+    defence: str
+    defence_name: str
+    attack: str
+    attack_name: str
+    attack_params: dict[str, Any]
+    seed: int
+    n_examples: int
+    block: str
+    status: str
+    record: dict[str, Any] | None = None
+    defence_params: dict[str, Any] = field(default_factory=dict)
+    scenario_info: dict[str, Any] = field(default_factory=dict)
+    eval_settings: dict[str, Any] = field(default_factory=dict)
+    record_name: str | None = None
+    batches_saved: int | None = None
+    batches_total: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def eps(self) -> float | None:
+        value = self.attack_params.get("eps")
+        return None if value is None else float(value)
+
+    @property
+    def norm(self) -> str | None:
+        return self.attack_params.get("norm")
+
+    @property
+    def target(self) -> str:
+        return str(self.attack_params.get("target") or "end_to_end")
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario}/{self.defence}/{self.attack}/seed{self.seed}"
+
+    @property
+    def n(self) -> int:
+        return int(self.record["n_examples"]) if self.done else int(self.n_examples)
+
+    def status_text(self) -> str:
+        """The cell's state in words: 'done', 'failed: <last error line>', 'partial (2/3 batches)', 'missing'."""
+        if self.status == "failed":
+            return f"failed: {self.error_line()}"
+        if self.status == "partial":
+            return f"partial ({self.batches_saved}/{self.batches_total or '?'} batches)"
+        return self.status
+
+    def error_line(self) -> str:
+        lines = [line for line in str((self.record or {}).get("error") or "").strip().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "no error message"
+
+
+@dataclass
+class GridResults:
+    """Everything the report renders from: cells in plan order, stray records, diagnostics, report config."""
+
+    name: str
+    results_dir: Path
+    cells: list[CellResult]
+    has_plan: bool
+    stray_records: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    report_config: dict[str, Any] = field(default_factory=dict)
+    config_note: str = ""
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(c.status == status for c in self.cells) for status in STATUSES}
+
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys(c.scenario for c in self.cells))
+
+    def seeds(self, scenario: str) -> list[int]:
+        return list(dict.fromkeys(c.seed for c in self.cells if c.scenario == scenario))
+
+    def scenario_info(self, scenario: str) -> dict[str, Any]:
+        for cell in self.cells:
+            if cell.scenario == scenario and cell.scenario_info:
+                return cell.scenario_info
+        return {}
+
+
+def _scenario_info(identity: dict[str, Any]) -> dict[str, Any]:
+    scenario = identity.get("scenario") or {}
+    if not scenario:
+        return {}
+    classifier = str(scenario.get("classifier") or "")
+    arch = scenario.get("classifier_arch") or (classifier.split(":", 1)[1] if classifier.startswith("train:") else None)
+    return {"dataset": scenario.get("dataset"), "norm": scenario.get("norm"), "eps": scenario.get("eps"),
+            "classifier": classifier, "arch": arch}
+
+
+def _cell_from_plan(planned: dict[str, Any], stages: dict[str, Any]) -> CellResult:
+    stage = stages.get(planned.get("stage", ""), {})
+    return CellResult(
+        key=planned["key"], scenario=planned["scenario"], defence=planned["defence_key"],
+        defence_name=planned.get("defence_name", planned["defence_key"]), attack=planned["attack_key"],
+        attack_name=planned.get("attack_name", planned["attack_key"]),
+        attack_params=dict(planned.get("attack_params") or {}), seed=int(planned["seed"]),
+        n_examples=int(planned["n_examples"]), block=str(planned.get("block", "")), status="missing",
+        defence_params=dict(stage.get("params") or {}), scenario_info=_scenario_info(stage.get("identity") or {}),
+        eval_settings=dict(planned.get("eval") or {}), record_name=planned.get("record_name"))
+
+
+def _cell_from_record(record: dict[str, Any]) -> CellResult:
+    settings = dict(record.get("attack_settings") or {})
+    for name in ("eps", "norm", "target"):
+        if record.get(name) is not None:
+            settings.setdefault(name, record[name])
+    return CellResult(
+        key=record["key"], scenario=record["scenario"], defence=record["defence"],
+        defence_name=record.get("defence_name", record["defence"]), attack=record["attack"],
+        attack_name=record.get("attack_name", record["attack"]), attack_params=settings, seed=int(record["seed"]),
+        n_examples=int(record.get("n_examples") or 0), block=str(record.get("block", "")), status="missing",
+        defence_params=dict(record.get("defence_params") or {}),
+        scenario_info=_scenario_info({"scenario": record.get("scenario_identity") or {}}),
+        eval_settings=dict(record.get("eval_settings") or {}),
+        record_name=Path(record["_path"]).name if record.get("_path") else None)
+
+
+def _attach(cell: CellResult, record: dict[str, Any] | None, cells_dir: Path) -> None:
+    if record is not None and record.get("status") in ("done", "failed"):
+        cell.record, cell.status = record, record["status"]
+        missing = validate_record(record) if record["status"] == "done" else []
+        if missing:  # a malformed result is not a result
+            cell.status = "failed"
+            cell.record = {**record, "error": f"the record {record.get('_path', '')} lacks the fields {missing}"}
+        return
+    partial = read_json(cells_dir / f"{cell.record_name}.partial") if cell.record_name else None
+    if partial and partial.get("batches"):
+        batch_size = int(cell.eval_settings.get("batch_size") or 0)
+        cell.status, cell.batches_saved = "partial", len(partial["batches"])
+        cell.batches_total = math.ceil(cell.n_examples / batch_size) if batch_size else None
+
+
+def load_diagnostics(folder: Path) -> list[dict[str, Any]]:
+    """results/<grid>/diagnostics/*.json, each with its file name under '_path'; unreadable files are skipped."""
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            LOG.warning("skipping diagnostics file %s: %s", path, error)
+            continue
+        if isinstance(data, dict):
+            data["_path"] = path.name
+            found.append(data)
+    return found
+
+
+def grid_report_config(plan: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The `report:` section of the plan's grid file, read now (it only says how to lay out tables)."""
+    if plan is None:
+        return {}, ""
+    from bench.config import ConfigError, load_grid
+
+    name = str((plan.get("options") or {}).get("grid") or plan.get("grid") or "")
+    try:
+        return dict(load_grid(name).get("report") or {}), ""
+    except (ConfigError, OSError) as error:
+        return {}, f"the grid file for {name!r} could not be read ({error}); paper layouts use their defaults"
+
+
+def collect(results_dir: Path, report_config: dict[str, Any] | None = None) -> GridResults:
+    """Read results/<grid>/: the plan's cells with their records, stray records, diagnostics, layout config."""
+    results_dir = Path(results_dir)
+    cells_dir = results_dir / "cells"
+    records = load_records(cells_dir) if cells_dir.exists() else []
+    by_key = {r["key"]: r for r in records if "key" in r}
+    plan = read_json(results_dir / ".plan" / "plan.json")
+    if plan is not None:
+        stages = plan.get("stages") or {}
+        cells = [_cell_from_plan(planned, stages) for planned in plan.get("cells", [])]
+        planned_keys = {c.key for c in cells}
+        stray = [r for r in records if r.get("key") not in planned_keys]
+    else:
+        cells = [_cell_from_record(r) for r in records if {"key", "scenario", "defence", "attack", "seed"} <= set(r)]
+        stray = []
+    for cell in cells:
+        _attach(cell, by_key.get(cell.key), cells_dir)
+    if report_config is None:
+        report_config, note = grid_report_config(plan)
+    else:
+        note = ""
+    name = str(plan.get("grid")) if plan else results_dir.name
+    return GridResults(name=name, results_dir=results_dir, cells=cells, has_plan=plan is not None,
+                       stray_records=stray, diagnostics=load_diagnostics(results_dir / "diagnostics"),
+                       report_config=dict(report_config), config_note=note)
