@@ -27,6 +27,11 @@ VOLATILE = {"started_at", "finished_at", "wall_seconds", "attack_seconds", "host
             "hardware", "git_commit", "_path"}
 
 
+# Long enough that the preemption signal, sent right after the first saved epoch, always lands mid-training
+# (with 3 epochs an idle machine could finish the stage before the signal was handled).
+LONGER_TRAINING = "defences.standard.epochs=40"
+
+
 def comparable(records: list[dict]) -> dict[str, dict]:
     return {r["key"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in records}
 
@@ -41,7 +46,7 @@ def local_cluster() -> None:
 
 
 def bench_run(root: Path, *extra: str, executor: str = "slurm") -> subprocess.CompletedProcess:
-    args = ["grid=tiny", f"executor={executor}", "report=false", f"results_dir={root / 'results'}",
+    args = ["grid=tiny", LONGER_TRAINING, f"executor={executor}", "report=false", f"results_dir={root / 'results'}",
             f"artifacts_dir={root / 'artifacts'}", f"slurm.jobs_dir={root / 'jobs'}", "slurm.poll_s=2", *extra]
     return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=1800)
@@ -57,8 +62,8 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
 
 def test_tiny_grid_on_slurm_matches_the_local_run(tmp_path: Path) -> None:
     reference, on_slurm = tmp_path / "reference", tmp_path / "slurm"
-    assert run_main(["grid=tiny", "executor=debug", "report=false", f"results_dir={reference / 'results'}",
-                     f"artifacts_dir={reference / 'artifacts'}"]) == 0
+    assert run_main(["grid=tiny", LONGER_TRAINING, "executor=debug", "report=false",
+                     f"results_dir={reference / 'results'}", f"artifacts_dir={reference / 'artifacts'}"]) == 0
     expected = comparable(load_records(reference / "results" / "tiny" / "cells"))
 
     submitted = bench_run(on_slurm, "wait=false")
