@@ -94,7 +94,7 @@ def run(argv: list[str]) -> Path:
     plan = expand(config)
     cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
     stage = plan.stages[cell.stage]
-    missing = [key for key in _stage_chain(plan, cell.stage)
+    missing = [key for key in plan.stage_chain(cell.stage)
                if not (Path(plan.stages[key].artifact_dir) / DONE_FILE).exists()]
     if missing and not own.get("train_missing"):
         raise ConfigError(f"the training stage of {cell.label} ({stage.artifact_dir}) is not fitted yet: run "
@@ -126,14 +126,6 @@ def run(argv: list[str]) -> Path:
     records.write_json_atomic(path, document)
     LOG.info("wrote %s (raised: %s)", path, ", ".join(report.raised) or "none")
     return path
-
-
-def _stage_chain(plan: Plan, key: str | None) -> list[str]:
-    chain = []
-    while key is not None:
-        chain.append(key)
-        key = plan.stages[key].base_stage
-    return chain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,14 @@ class Plan:
     stages: dict[str, TrainStage]
     cells: list[EvalCell]
 
+    def stage_chain(self, key: str | None) -> list[str]:
+        """A stage's key followed by the keys of the stages it builds on, nearest first."""
+        chain = []
+        while key is not None:
+            chain.append(key)
+            key = self.stages[key].base_stage
+        return chain
+
     def stage_levels(self) -> list[list[TrainStage]]:
         """Stages grouped so that every stage comes after the stage it builds on."""
         levels: list[list[TrainStage]] = []

@@ -49,12 +49,7 @@ def work_to_do(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, st
     """The cells still to evaluate and the stages they need (with their bases), level by level."""
     runnable = {"pending", "failed"} if retry_failed else {"pending"}
     cells = [c for c in plan.cells if cell_state[c.key] in runnable]
-    needed: set[str] = set()
-    for cell in cells:
-        key: str | None = cell.stage
-        while key is not None:
-            needed.add(key)
-            key = plan.stages[key].base_stage
+    needed = {key for cell in cells for key in plan.stage_chain(cell.stage)}
     levels = [[s.key for s in level if s.key in needed and stage_state[s.key] != "done"]
               for level in plan.stage_levels()]
     return [level for level in levels if level], [c.key for c in cells]
