@@ -10,6 +10,16 @@ import yaml
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): one thread is as
+    fast alone and far faster on a shared, oversubscribed CPU. The previous count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_GRID = {
     "description": "test grid",
     "n_examples": 24,

@@ -40,12 +40,7 @@ BUDGETS = {
 EXACT = ("aa", "apgd_ce", "apgd_dlr", "pgd")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def linear_problem(norm: str, seed: int = 0):

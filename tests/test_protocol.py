@@ -13,14 +13,12 @@ import attacks
 from attacks.protocol import score_points, summarise_draws, worst_case_over_attacks
 from attacks.toys import BernoulliModel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def bernoulli_inputs(rates: list[float], per_rate: int, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
