@@ -29,6 +29,7 @@ class Table:
     group_starts: list[int] = field(default_factory=list)
     label: str = ""
     left_columns: int = 1
+    tooltips: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) -> hover text (HTML)
 
     def __post_init__(self) -> None:
         for number, row in enumerate(self.rows):
@@ -83,6 +84,11 @@ def _cell_class(text: str) -> str:
     return ' class="unfinished"' if text.startswith(_UNFINISHED) else ""
 
 
+def _title(table: Table, row: int, column: int) -> str:
+    tip = table.tooltips.get((row, column))
+    return f' title="{html.escape(tip)}"' if tip else ""
+
+
 def to_html(table: Table) -> str:
     anchor = f' id="{html.escape(table.label)}"' if table.label else ""
     lines = [f'<table class="results"{anchor}>', f"<caption>{html.escape(table.title)}</caption>",
@@ -90,7 +96,8 @@ def to_html(table: Table) -> str:
              "<tbody>"]
     for number, row in enumerate(table.rows):
         start = ' class="group-start"' if number in table.group_starts and number > 0 else ""
-        cells = "".join(f"<td{_cell_class(c)}>{html.escape(c)}</td>" for c in row)
+        cells = "".join(f"<td{_cell_class(c)}{_title(table, number, column)}>{html.escape(c)}</td>"
+                        for column, c in enumerate(row))
         lines.append(f"<tr{start}>{cells}</tr>")
     lines.append("</tbody></table>")
     if table.notes:
