@@ -159,7 +159,7 @@ table below, not beside these measured rows.
 CARSO_TABLE2_REFERENCE = """\
 | (b) CIFAR-100, Cui2023Decoupled WRN-28-10 | CARSO (NeurIPS 2024), Table 2 | 0.7385 | 0.6806 | 0.3918 | 0.6665 | – |
 | (c) TinyImageNet-200, Wang2023Better WRN-28-10 | CARSO (NeurIPS 2024), Table 2 | 0.6519 | 0.5632 | 0.3130 | 0.5356 | – |
-"""
+"""  # noqa: E501
 
 CARSO_TABLE3_ROWS = """\
 | cifar10_toy | measured | partial (1/2 batches) | missing | partial (1/2 batches) |
