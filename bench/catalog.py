@@ -10,6 +10,7 @@ from collections.abc import Callable
 from bench.config import ConfigError, available, load_conf
 from bench.registry import UnknownNameError
 
+
 def _first_line(text: str | None) -> str:
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     return lines[0] if lines else "(no description)"
