@@ -132,6 +132,7 @@ def _layout_section(grid: GridResults, tables_dir: Path, written: list[Path]) ->
                       text="Measured rows sit beside a paper's row only when dataset, classifier architecture and "
                            "threat model match; the papers' other rows are in separate paper-reference tables.")
     skipped: list[str] = []
+    references: set[str] = set()  # a paper table's reference rows are shown once (two layouts may share it)
     for layout, named in configured_layouts(grid.report_config):
         built = paper_tables.build(layout, grid, papers)
         if not built.has_cells and not named:
@@ -139,7 +140,8 @@ def _layout_section(grid: GridResults, tables_dir: Path, written: list[Path]) ->
             continue
         section.tables.append((built.measured, _write_table(built.measured, tables_dir, layout.name, written,
                                                             built.tidy)))
-        if built.reference is not None:
+        if built.reference is not None and to_markdown(built.reference) not in references:
+            references.add(to_markdown(built.reference))
             name = f"{layout.name}_paper_reference"
             section.tables.append((built.reference, _write_table(built.reference, tables_dir, name, written)))
     if skipped:

@@ -38,7 +38,7 @@ h1 { margin-top: 0; } p.lede { margin: 0.2em 0 0.5em 0; font-size: 0.9em; } nav 
 .provenance.warn { background: #fff4d6; border: 1px solid #e0b84c; } .provenance.ok { background: #eef7ee; }
 .provenance ul { margin: 0.2em 0; padding-left: 1.4em; } p.files { font-size: 0.8em; color: #555; }
 td[title] { cursor: help; text-decoration: underline dotted #999; }
-table.results td, table.results th { overflow-wrap: anywhere; }
+div.wide { overflow-x: auto; max-width: 100%; } table.results th { white-space: nowrap; }
 """
 
 # Marks every figure once the page has loaded: data-loaded="true" when the image decoded (naturalWidth > 0),
@@ -187,7 +187,8 @@ def _status(grid: GridResults) -> str:
 
 def _section_html(section: Section, results_dir: Path) -> str:
     parts = [f"<p>{_e(section.text)}</p>"] if section.text else []
-    tables = [f"{to_html(table)}<p class=\"files\">Files: {_links(files)}</p>" for table, files in section.tables]
+    tables = [f'<div class="wide">{to_html(table)}</div><p class="files">Files: {_links(files)}</p>'
+              for table, files in section.tables]
     figures = [_figures(section.figures, results_dir)] if section.figures else []
     parts += figures + tables if section.figures_first else tables + figures
     return "\n".join(parts + ([section.html] if section.html else []))

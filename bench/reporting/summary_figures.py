@@ -55,8 +55,8 @@ def overstatement(items: list[Headline], folder: Path) -> FigureFile:
 def paired_differences(pairs: list[DefencePair], folder: Path) -> FigureFile:
     figure = FigureFile("paired_differences", "Paired differences between defences",
                         "Worst-case accuracy of defence A minus defence B on the test examples both were evaluated "
-                        "on, with Newcombe's paired 95% intervals; an interval that excludes 0 is a real "
-                        "difference at this n.")
+                        "on, with Newcombe's paired 95% intervals. Green: A is more robust, red: B is, grey: the "
+                        "interval includes 0 (no difference shown at this n).")
     worst = [p for p in pairs if p.what == "worst case"]
     if not worst:
         figure.reason = "no two defences share test examples"
