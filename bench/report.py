@@ -188,6 +188,9 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(__doc__.replace("`python -m bench.report", "usage: python -m bench.report", 1))
+        return 0
     options = {"grid": "demo", "results_dir": "results"}
     for item in argv:
         key, sep, value = item.partition("=")

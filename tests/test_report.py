@@ -464,3 +464,11 @@ def test_atop_table7_rows_are_defence_variants_under_classifier_only_attacks():
     assert "RT1, no fine-tuning" in to_markdown(built.reference)
     # the same cells attacked on the classifier do not fill the end-to-end layout
     assert not paper_tables.build(LAYOUTS["atop_table7_end_to_end"], grid, load_paper_numbers()).has_cells
+
+
+def test_help_says_what_the_report_writes(capsys):
+    from bench.report import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m bench.report grid=NAME") and "index.html" in out
