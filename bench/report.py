@@ -102,7 +102,7 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
     seeds = headline.seed_table(items)
     seed_figure = summary_figures.seed_spread(items, figures_dir) if seeds is not None else None
     table_files = {}
-    for name, table in (("headline", headline.headline_table(items, grid)),
+    for name, table in (("headline", headline.headline_table(items)),
                         ("overstatement", headline.overstatement_table(items)),
                         ("paired", comparisons.pairs_table(pairs)),
                         ("ce_margin", comparisons.loss_table(comparisons.loss_pairs(grid))),
@@ -189,7 +189,7 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(__doc__.replace("`python -m bench.report", "usage: python -m bench.report", 1))
+        print("usage: " + __doc__.replace("`", "", 2))
         return 0
     options = {"grid": "demo", "results_dir": "results"}
     for item in argv:

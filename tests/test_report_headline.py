@@ -50,9 +50,9 @@ def test_headline_worst_case_includes_the_clean_judgement_on_one_subset():
     assert worst.correct == [1.0, 0.0, 0.0]
     assert worst.clean == [1.0, 0.0, 1.0]  # the mean of the three cells' clean judgements
     assert item.adaptive is adaptive
-    row = to_markdown(headline.headline_table([item], grid_of([pgd, aa, adaptive]))).splitlines()[4]
+    row = to_markdown(headline.headline_table([item])).splitlines()[4]
     assert row == ("| digits | at | 0 | Linf 0.15 | 3 | 0.667 [0.208, 0.939] | 0.333 [0.061, 0.792] | 0.333 | "
-                   "pgd, aa, adaptive | – |")
+                   "pgd, aa, adaptive | examples outside the shared 3 (pgd n=6, aa n=6) |")
     # without the nested cell: all 6 examples; robust never exceeds clean on any example
     [item] = headline.headlines(grid_of([pgd, aa]))
     assert item.worst.correct == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -168,3 +168,22 @@ def test_eps_curves_need_three_measured_points(tmp_path):
     points = figures._eps_points(three)
     assert [(x, y) for x, y, _ in points] == [(0.0, 1.0), (EPS, 0.5), (0.3, 0.0)]
     assert figures.robust_vs_eps(grid_of(three), tmp_path).drawn
+
+
+def test_a_paper_column_with_ce_and_margin_cells_shows_the_papers_setting_and_names_the_other():
+    from bench.reporting import paper_tables
+    from bench.reporting.layouts import LAYOUTS
+
+    clean = [1.0] * 30
+    ce = cell("carso", "pgd_eot", clean, [1.0] * 29 + [0.0], name="pgd_eot", loss="ce", target="end_to_end",
+              defence_name="carso")
+    margin = cell("carso", "pgd_eot_margin", clean, [1.0] * 6 + [0.0] * 24, name="pgd_eot", loss="margin",
+                  target="end_to_end", defence_name="carso")
+    column = LAYOUTS["carso_table2"].column("C/PGD+EOT")
+    slot = paper_tables.resolve(column, column.defence, [ce, margin], ("Linf", EPS))
+    assert slot.text() == "0.967 [0.833, 0.994] n=30 (paper's loss, CE; margin: 0.200)"
+    assert slot.cells == [ce, margin]
+    # two cells that differ in more than the loss stay ambiguous
+    longer = cell("carso", "pgd_eot_long", clean, [0.0] * 30, name="pgd_eot", loss="margin", steps=99,
+                  target="end_to_end", defence_name="carso")
+    assert paper_tables.resolve(column, column.defence, [ce, longer], ("Linf", EPS)).status == "ambiguous"

@@ -14,7 +14,6 @@ minus the overall worst case on the same examples, with Newcombe's paired interv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,7 +122,7 @@ def budgets(cells: list[CellResult]) -> str:
     return "\n".join(c.budget for c in cells)
 
 
-def _headline_row(item: Headline, grid: GridResults) -> list[str]:
+def _headline_row(item: Headline) -> list[str]:
     worst = item.worst
     adaptive = fmt.MISSING
     if item.adaptive is not None:
@@ -133,15 +132,19 @@ def _headline_row(item: Headline, grid: GridResults) -> list[str]:
         adaptive = "not run"
     threat = f"{worst.norm} {fmt.eps(worst.eps)}" if worst.norm else fmt.MISSING
     left_out = worst.not_done + [f"{a} (other test subset)" for a in worst.other_subset]
+    larger = [c for c in worst.cells if c.n > worst.n]
+    if larger:
+        sizes = ", ".join(f"{c.attack} n={c.n}" for c in larger)
+        left_out.append(f"examples outside the shared {worst.n} ({sizes})")
     return [worst.scenario, worst.defence, str(worst.seed), threat, str(worst.n) if worst.n else fmt.MISSING,
             fmt.accuracy_ci(worst.clean_acc, worst.clean_ci), fmt.accuracy_ci(worst.acc, worst.ci), adaptive,
             ", ".join(worst.attacks) or "no finished attack", ", ".join(left_out) or fmt.MISSING]
 
 
-def headline_table(items: list[Headline], grid: GridResults) -> Table:
+def headline_table(items: list[Headline]) -> Table:
     rows, tips = [], {}
     for number, item in enumerate(items):
-        rows.append(_headline_row(item, grid))
+        rows.append(_headline_row(item))
         tip = budgets(item.worst.cells)
         for column in (5, 6, 8):
             tips[(number, column)] = tip
@@ -219,7 +222,3 @@ def seed_table(items: list[Headline]) -> Table | None:
     return Table("Spread across seeds", SEED_COLUMNS, rows, label="seeds", left_columns=3,
                  notes=["Over the seeds' headline rows (each on its own test examples); sd: sample standard "
                         "deviation."])
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

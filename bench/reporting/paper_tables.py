@@ -154,7 +154,7 @@ def resolve(column: Column, defence: dict[str, Any] | None, cells: list[CellResu
         return _worst(mine)
     attack_keys = list(dict.fromkeys(c.attack for c in mine))
     if column.metric == "robust" and len(attack_keys) > 1:
-        return Slot("ambiguous", note=", ".join(attack_keys))
+        return _loss_partners(mine) or Slot("ambiguous", note=", ".join(attack_keys))
     done = [c for c in mine if c.done]
     if not done:
         return _not_done(mine)
@@ -163,6 +163,24 @@ def resolve(column: Column, defence: dict[str, Any] | None, cells: list[CellResu
     # clean accuracy: prefer a record at the threat model, then the most draws, then plan order
     ranked = sorted(done, key=lambda c: (not _at_threat(c, threat), -int(c.record.get("draws") or 1)))
     return _from_record(ranked[0], "clean")
+
+
+def _loss_partners(cells: list[CellResult]) -> Slot | None:
+    """Cells of one attack that differ only in `loss`: the paper's setting (CE, or no loss given) fills the slot
+    and the other losses' accuracies are named beside it; None when the cells differ in anything else."""
+    def rest(cell: CellResult) -> tuple:
+        return (cell.defence, tuple(sorted((k, repr(v)) for k, v in cell.attack_params.items() if k != "loss")))
+
+    if len({rest(c) for c in cells}) != 1:
+        return None
+    paper = [c for c in cells if str(c.attack_params.get("loss", "ce")).lower() == "ce"]
+    if len(paper) != 1:
+        return None
+    slot = _from_record(paper[0], "robust") if paper[0].done else _not_done(paper)
+    others = [f"{c.attack_params.get('loss')}: {fmt.accuracy(c.record['robust_acc']) if c.done else c.status}"
+              for c in cells if c is not paper[0]]
+    slot.note, slot.cells = "paper's loss, CE; " + ", ".join(others), cells
+    return slot
 
 
 def _worst(cells: list[CellResult]) -> Slot:
