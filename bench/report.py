@@ -101,11 +101,12 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
                                                                                                      figures_dir)]
     seeds = headline.seed_table(items)
     seed_figure = summary_figures.seed_spread(items, figures_dir) if seeds is not None else None
+    loss_pairs = comparisons.loss_pairs(grid)
     table_files = {}
     for name, table in (("headline", headline.headline_table(items)),
                         ("overstatement", headline.overstatement_table(items)),
                         ("paired", comparisons.pairs_table(pairs)),
-                        ("ce_margin", comparisons.loss_table(comparisons.loss_pairs(grid))),
+                        ("ce_margin", comparisons.loss_table(loss_pairs) if loss_pairs else None),
                         ("decomposition", decomposition.decomposition_table(items)), ("seeds", seeds)):
         if table is not None:
             table_files[name] = (table, _write_table(table, tables_dir, name, written))
@@ -114,7 +115,7 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
                         tables=[table_files["overstatement"]], figures_first=True),
                 Section("paired-section", "Paired comparisons", tables=[table_files["paired"]],
                         figures=[figures[1]])]
-    if table_files["ce_margin"][0].rows:
+    if "ce_margin" in table_files:
         sections.append(Section("ce-margin-section", "CE against margin losses",
                                 tables=[table_files["ce_margin"]]))
     if "decomposition" in table_files:

@@ -16,7 +16,7 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "—": "---", "−": "$-$", "Δ": r"$\Delta$",
     "≈": r"$\approx$", "<": "$<$", ">": "$>$", "ε": r"$\epsilon$", "×": r"$\times$", "≥": r"$\geq$",
-    "≤": r"$\leq$", "·": r"$\cdot$",
+    "≤": r"$\leq$", "·": r"$\cdot$", "±": r"$\pm$",
 }
 
 
