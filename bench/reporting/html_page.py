@@ -38,7 +38,7 @@ h1 { margin-top: 0; } p.lede { margin: 0.2em 0 0.5em 0; font-size: 0.9em; } nav 
 .provenance.warn { background: #fff4d6; border: 1px solid #e0b84c; } .provenance.ok { background: #eef7ee; }
 .provenance ul { margin: 0.2em 0; padding-left: 1.4em; } p.files { font-size: 0.8em; color: #555; }
 td[title] { cursor: help; text-decoration: underline dotted #999; }
-div.wide { overflow-x: auto; max-width: 100%; } table.results th { white-space: nowrap; }
+div.wide { overflow-x: auto; max-width: 100%; } table.results th, td.nowrap { white-space: nowrap; }
 """
 
 # Marks every figure once the page has loaded: data-loaded="true" when the image decoded (naturalWidth > 0),

@@ -81,7 +81,10 @@ def to_latex(table: Table) -> str:
 def _cell_class(text: str) -> str:
     if text.startswith("failed"):
         return ' class="failed"'
-    return ' class="unfinished"' if text.startswith(_UNFINISHED) else ""
+    if text.startswith(_UNFINISHED):
+        return ' class="unfinished"'
+    # numbers with their intervals, and short labels, stay on one line
+    return ' class="nowrap"' if text[:1].isdigit() or text[:1] in "+-<" or len(text) <= 12 else ""
 
 
 def _title(table: Table, row: int, column: int) -> str:
