@@ -60,7 +60,7 @@ def test_page_shows_tables_and_loads_every_figure(rendered, tmp_path):
         assert re.search(rf'<table class="results" id="{table_id}">', dom), table_id
     assert '<td class="failed">failed: RuntimeError: out of memory</td>' in dom
     assert '<td class="unfinished">partial (1/2 batches)</td>' in dom
-    assert "<td>0.9216</td>" in dom and "<td>-0.461 (outside CI)</td>" in dom
+    assert '<td class="nowrap">0.9216</td>' in dom and '<td class="nowrap">-0.461 (outside CI)</td>' in dom
     # every figure is an <img> that the browser decoded
     images = re.findall(r"<img [^>]*>", dom)
     assert len(images) == 6  # overstatement, paired differences, eps, heatmap, steps, EOT
