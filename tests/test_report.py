@@ -472,3 +472,11 @@ def test_help_says_what_the_report_writes(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m bench.report grid=NAME") and "index.html" in out
+
+
+def test_every_number_of_the_cells_table_has_its_budget_on_hover(grid_dir):
+    table, _ = long_table.build(collect(grid_dir, report_config={}))
+    assert table.tooltips[(1, 9)] == "pgd (pgd, end_to_end): eps=0.03137254901960784, norm=Linf, steps=20, " \
+                                     "target=end_to_end"
+    worst_row = next(i for i, row in enumerate(table.rows) if row[1] == "at" and row[2] == "worst case")
+    assert table.tooltips[(worst_row, 9)].splitlines() == [table.tooltips[(0, 9)], table.tooltips[(1, 9)]]
