@@ -110,7 +110,10 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
                         ("decomposition", decomposition.decomposition_table(items)), ("seeds", seeds)):
         if table is not None:
             table_files[name] = (table, _write_table(table, tables_dir, name, written))
-    sections = [Section("headline-section", "Headline", tables=[table_files["headline"]]),
+    masked = [f"Gradient masked for CE on {p.ce.scenario}/{p.ce.defence}: {p.evidence()}." for p in loss_pairs
+              if p.masked]
+    sections = [Section("headline-section", "Headline", text=" ".join(masked),
+                        tables=[table_files["headline"]]),
                 Section("overstatement-section", "What naive evaluation overstates", figures=[figures[0]],
                         tables=[table_files["overstatement"]], figures_first=True),
                 Section("paired-section", "Paired comparisons", tables=[table_files["paired"]],

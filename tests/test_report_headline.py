@@ -187,3 +187,30 @@ def test_a_paper_column_with_ce_and_margin_cells_shows_the_papers_setting_and_na
     longer = cell("carso", "pgd_eot_long", clean, [0.0] * 30, name="pgd_eot", loss="margin", steps=99,
                   target="end_to_end", defence_name="carso")
     assert paper_tables.resolve(column, column.defence, [ce, longer], ("Linf", EPS)).status == "ambiguous"
+
+
+def test_rendered_report_says_gradient_masked_for_ce_above_the_headline(tmp_path):
+    import json
+
+    from bench.report import render
+
+    cells_dir = tmp_path / "g" / "cells"
+    cells_dir.mkdir(parents=True)
+    clean = [1.0] * 30
+    for attack, loss, robust in (("pgd_eot", "ce", [1.0] * 29 + [0.0]),
+                                 ("pgd_eot_m", "margin", [1.0] * 6 + [0.0] * 24)):
+        made = cell("carso", attack, clean, robust, name="pgd_eot", loss=loss, defence_name="carso")
+        record = {**made.record, "schema_version": 1, "grid": "g", "key": attack, "scenario": "digits",
+                  "defence": "carso", "defence_name": "carso",
+                  "attack": attack, "attack_name": "pgd_eot", "attack_settings": made.attack_params, "seed": 0,
+                  "eps": EPS, "norm": "Linf", "target": "end_to_end", "wall_seconds": 1.0, "packages": {},
+                  "per_example": {"index": list(range(30)), "robust_draws": [[int(r)] for r in robust]}}
+        (cells_dir / f"digits.carso.{attack}.s0.{attack}.json").write_text(json.dumps(record))
+    render(tmp_path / "g", report_config={})
+    summary = (tmp_path / "g" / "summary.md").read_text()
+    headline_at = summary.index("## Headline")
+    evidence = ("Gradient masked for CE on digits/carso: pgd_eot (loss ce): 0.967 [0.833, 0.994] n=30 vs "
+                "pgd_eot_m (loss margin): 0.200 [0.095, 0.373] n=30")
+    assert summary.index(evidence) > headline_at
+    assert summary.index(evidence) < summary.index("### Headline: clean accuracy")
+    assert "| gradient masked for CE |" in summary
