@@ -71,7 +71,8 @@ def defence_pairs(grid: GridResults, items: list[Headline]) -> list[DefencePair]
     for a, b in combinations([h for h in items if h.worst.n], 2):
         if (a.worst.scenario, a.worst.seed) != (b.worst.scenario, b.worst.seed):
             continue
-        worst = _compare_worst(a, b)
+        same_threat = (a.worst.norm, a.worst.eps) == (b.worst.norm, b.worst.eps)
+        worst = _compare_worst(a, b) if same_threat else None
         if worst is not None:
             pairs.append(worst)
         second_cells = [c for c in grid.cells if c.defence == b.defence and c.scenario == b.worst.scenario
