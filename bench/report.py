@@ -1,11 +1,15 @@
 """`python -m bench.report grid=NAME [results_dir=results]`: render a grid's results from its records alone.
 
 Writes into results/<grid>/ (results/README.md describes every file):
-  summary.md            every table in Markdown, and the status of every cell
+  summary.md            every table in Markdown, headline first, and the status of every cell
   summary.csv           one row per cell (and per worst case), numbers in separate columns
-  tables/<name>.md|.tex the paper layouts and the cells table (LaTeX with booktabs); tables/<layout>.csv tidy data
+  tables/<name>.md|.tex the headline, overstatement, paired comparisons, CE vs margin, purifier decomposition,
+                        seeds, the paper layouts (and their paper-reference tables) and the cells table (LaTeX
+                        with booktabs); tables/<layout>.csv tidy data
   figures/<name>.png|.pdf
-  index.html            one self-contained page: tables, figures, diagnostics, each cell's settings and provenance
+  index.html            one self-contained page: provenance warnings, the headline table and the overstatement
+                        figure first, then comparisons, paper layouts, every cell, figures, diagnostics, and each
+                        cell's settings and provenance (attack budgets on hover)
 Missing, partial and failed cells are shown as such, never dropped. `bench.run` calls `render` at the end.
 """
 
@@ -18,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.progress import format_seconds
-from bench.reporting import long_table, paper_tables
+from bench.reporting import comparisons, decomposition, headline, long_table, paper_tables, provenance, summary_figures
 from bench.reporting.collect import GridResults, collect
 from bench.reporting.figures import FigureFile, render_figures
 from bench.reporting.html_page import write_page
 from bench.reporting.layouts import ReportConfigError, configured_layouts
 from bench.reporting.paper_numbers import PaperNumbersError, load_paper_numbers
+from bench.reporting.sections import Section
 from bench.reporting.tables import Table, to_latex, to_markdown
 
 LOG = logging.getLogger("bench.report")
@@ -43,22 +48,8 @@ def _remove_stale(folder: Path, suffixes: tuple[str, ...], keep: list[Path]) -> 
                 path.unlink()
 
 
-def _summary_markdown(grid: GridResults, layouts: list[Table], cells: Table, figures: list[FigureFile],
-                      skipped: list[str]) -> str:
-    counts = grid.counts()
-    lines = [f"# Grid `{grid.name}`", "",
-             f"{len(grid.cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".",
-             "Rendered from the records in `cells/`; open `index.html` for figures, diagnostics and each cell's "
-             "settings and provenance.", ""]
-    lines += [f"- failed: {c.label}: {c.error_line()}" for c in grid.cells if c.status == "failed"]
-    lines += [f"- {c.status}: {c.label}" for c in grid.cells if c.status in ("missing", "partial")]
-    lines.append("")
-    if layouts:
-        lines += ["## Paper layouts", ""]
-        lines += [to_markdown(table) for table in layouts]
-    if skipped:
-        lines += [f"Paper layouts with no cell in this grid (not rendered): {', '.join(skipped)}.", ""]
-    lines += ["## Every cell", "", to_markdown(cells), "## Figures", ""]
+def _markdown_figures(figures: list[FigureFile]) -> list[str]:
+    lines = []
     for figure in figures:
         if figure.drawn:
             lines.append(f"![{figure.title}](figures/{figure.png.name}) ")
@@ -66,7 +57,102 @@ def _summary_markdown(grid: GridResults, layouts: list[Table], cells: Table, fig
         else:
             lines.append(f"- {figure.title}: not drawn ({figure.reason}).")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _summary_markdown(grid: GridResults, banner: list[str], sections: list[Section]) -> str:
+    counts = grid.counts()
+    lines = [f"# Grid `{grid.name}`", "",
+             f"{len(grid.cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ". "
+             "Rendered from the records in `cells/`; open `index.html` for hover-over attack budgets, diagnostics "
+             "and each cell's settings and provenance.", ""]
+    lines += [f"> **Provenance warning:** {warning}" for warning in banner]
+    lines.append("")
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        if section.figures_first:
+            lines += _markdown_figures(section.figures)
+        lines += [to_markdown(table) for table, _ in section.tables]
+        if not section.figures_first:
+            lines += _markdown_figures(section.figures)
+    lines += [f"- failed: {c.label}: {c.error_line()}" for c in grid.cells if c.status == "failed"]
+    lines += [f"- {c.status}: {c.label}" for c in grid.cells if c.status in ("missing", "partial")]
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(table: Table, tables_dir: Path, name: str, written: list[Path], tidy=None) -> list[str]:
+    files = []
+    outputs = [(".md", to_markdown(table)), (".tex", to_latex(table))]
+    if tidy is not None:
+        outputs.append((".csv", tidy.to_csv(index=False)))
+    for suffix, text in outputs:
+        _write(tables_dir / f"{name}{suffix}", text, written)
+        files.append(f"tables/{name}{suffix}")
+    return files
+
+
+def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
+                       written: list[Path]) -> tuple[list[Section], list[FigureFile]]:
+    items = headline.headlines(grid)
+    pairs = comparisons.defence_pairs(grid, items)
+    figures = [summary_figures.overstatement(items, figures_dir), summary_figures.paired_differences(pairs,
+                                                                                                     figures_dir)]
+    seeds = headline.seed_table(items)
+    seed_figure = summary_figures.seed_spread(items, figures_dir) if seeds is not None else None
+    loss_pairs = comparisons.loss_pairs(grid)
+    table_files = {}
+    for name, table in (("headline", headline.headline_table(items)),
+                        ("overstatement", headline.overstatement_table(items)),
+                        ("paired", comparisons.pairs_table(pairs)),
+                        ("ce_margin", comparisons.loss_table(loss_pairs) if loss_pairs else None),
+                        ("decomposition", decomposition.decomposition_table(items)), ("seeds", seeds)):
+        if table is not None:
+            table_files[name] = (table, _write_table(table, tables_dir, name, written))
+    masked = [f"Gradient masked for CE on {p.ce.scenario}/{p.ce.defence}: {p.evidence()}." for p in loss_pairs
+              if p.masked]
+    sections = [Section("headline-section", "Headline", text=" ".join(masked),
+                        tables=[table_files["headline"]]),
+                Section("overstatement-section", "What naive evaluation overstates", figures=[figures[0]],
+                        tables=[table_files["overstatement"]], figures_first=True),
+                Section("paired-section", "Paired comparisons", tables=[table_files["paired"]],
+                        figures=[figures[1]])]
+    if "ce_margin" in table_files:
+        sections.append(Section("ce-margin-section", "CE against margin losses",
+                                tables=[table_files["ce_margin"]]))
+    if "decomposition" in table_files:
+        sections.append(Section("decomposition-section", "Purifier decomposition",
+                                tables=[table_files["decomposition"]]))
+    if seed_figure is not None:
+        sections.append(Section("seeds-section", "Spread across seeds", tables=[table_files["seeds"]],
+                                figures=[seed_figure]))
+    return sections, figures + ([seed_figure] if seed_figure else [])
+
+
+def _layout_section(grid: GridResults, tables_dir: Path, written: list[Path]) -> Section:
+    papers = load_paper_numbers()
+    section = Section("paper-tables", "Paper layouts",
+                      text="Measured rows sit beside a paper's row only when dataset, classifier architecture and "
+                           "threat model match; the papers' other rows are in separate paper-reference tables.")
+    skipped: list[str] = []
+    references: set[str] = set()  # a paper table's reference rows are shown once (two layouts may share it)
+    for layout, named in configured_layouts(grid.report_config):
+        built = paper_tables.build(layout, grid, papers)
+        if not built.has_cells and not named:
+            skipped.append(layout.name)
+            continue
+        section.tables.append((built.measured, _write_table(built.measured, tables_dir, layout.name, written,
+                                                            built.tidy)))
+        if built.reference is not None and to_markdown(built.reference) not in references:
+            references.add(to_markdown(built.reference))
+            name = f"{layout.name}_paper_reference"
+            section.tables.append((built.reference, _write_table(built.reference, tables_dir, name, written)))
+    if skipped:
+        section.text += f" Paper layouts with no cell in this grid (not rendered): {', '.join(skipped)}."
+    if not section.tables:
+        section.text = "No paper layout applies to this grid. " + section.text
+    return section
 
 
 def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> list[Path]:
@@ -77,49 +163,38 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     started = time.monotonic()
     results_dir = Path(results_dir)
     grid = collect(results_dir, report_config)
-    papers = load_paper_numbers()
     written: list[Path] = []
     tables_dir, figures_dir = results_dir / "tables", results_dir / "figures"
 
-    layout_tables: list[tuple[Table, list[str]]] = []
-    skipped: list[str] = []
-    for layout, named in configured_layouts(grid.report_config):
-        table, tidy, has_cells = paper_tables.build(layout, grid, papers)
-        if not has_cells and not named:
-            skipped.append(layout.name)
-            continue
-        files = []
-        for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table)),
-                             (".csv", tidy.to_csv(index=False))):
-            _write(tables_dir / f"{layout.name}{suffix}", text, written)
-            files.append(f"tables/{layout.name}{suffix}")
-        layout_tables.append((table, files))
-
+    sections, headline_figures = _headline_sections(grid, figures_dir, tables_dir, written)
+    sections.append(_layout_section(grid, tables_dir, written))
     cells_table, cells_frame = long_table.build(grid)
-    _write(tables_dir / "cells.md", to_markdown(cells_table), written)
-    _write(tables_dir / "cells.tex", to_latex(cells_table), written)
     _write(results_dir / "summary.csv", cells_frame.to_csv(index=False), written)
+    cell_files = _write_table(cells_table, tables_dir, "cells", written) + ["summary.csv"]
+    sections.append(Section("cells-table", "Every cell", tables=[(cells_table, cell_files)]))
     _remove_stale(tables_dir, (".md", ".tex", ".csv"), written)
 
     figures = render_figures(grid, figures_dir)
-    drawn = [path for f in figures if f.drawn for path in (f.png, f.pdf)]
+    sections.append(Section("figures", "More figures", figures=figures))
+    drawn = [path for f in figures + headline_figures if f.drawn for path in (f.png, f.pdf)]
     written += drawn
     _remove_stale(figures_dir, (".png", ".pdf"), drawn)
 
-    _write(results_dir / "summary.md",
-           _summary_markdown(grid, [t for t, _ in layout_tables], cells_table, figures, skipped), written)
-    page = write_page(grid, layout_tables, (cells_table, ["tables/cells.md", "tables/cells.tex", "summary.csv"]),
-                      figures, skipped, results_dir / "index.html")
-    written.append(page)
+    banner, summary = provenance.warnings(grid)
+    _write(results_dir / "summary.md", _summary_markdown(grid, banner, sections), written)
+    written.append(write_page(grid, sections, banner, provenance.describe(summary), results_dir / "index.html"))
     counts = grid.counts()
-    LOG.info("report for grid %s: %d cells (%s), %d paper layouts, %d figures in %s", grid.name, len(grid.cells),
-             ", ".join(f"{v} {k}" for k, v in counts.items() if v), len(layout_tables),
-             sum(f.drawn for f in figures), format_seconds(time.monotonic() - started))
+    LOG.info("report for grid %s: %d cells (%s), %d tables, %d figures in %s", grid.name, len(grid.cells),
+             ", ".join(f"{v} {k}" for k, v in counts.items() if v), sum(len(s.tables) for s in sections),
+             sum(f.drawn for f in figures + headline_figures), format_seconds(time.monotonic() - started))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print("usage: " + __doc__.replace("`", "", 2))
+        return 0
     options = {"grid": "demo", "results_dir": "results"}
     for item in argv:
         key, sep, value = item.partition("=")

@@ -30,6 +30,7 @@ executors: {', '.join(available('executor'))}
 run options (defaults): {', '.join(f'{k}={v}' for k, v in RUN_DEFAULTS.items())}
 also: defences.<key>.<setting>=V  attacks.<key>.<setting>=V  scenarios.<name>.<field>=V  eval.<setting>=V
       <executor>.<option>=V
+python -m bench.run list: every grid (what it is for), scenario, defence, attack and executor, one line each
 """
 
 
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE)
         return 0
+    if argv == ["list"]:
+        from bench.catalog import main as list_everything
+
+        return list_everything()
     try:
         config = compose(argv)
         configure_logging(config.options["log_level"])

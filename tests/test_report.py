@@ -139,8 +139,6 @@ CARSO_TABLE2 = """\
 | cifar10_toy | measured | 0.900 [0.596, 0.982] n=10 | 0.800 [0.490, 0.943] n=10 | 0.600 [0.313, 0.832] n=10 | 0.300 [0.108, 0.603] n=10 | failed | 0.500 [0.237, 0.763] n=10 | 0.300 [0.108, 0.603] n=10 (1 of 2 attacks) |
 | (a) CIFAR-10, Cui2023Decoupled WRN-28-10 | paper: CARSO (NeurIPS 2024), Table 2 | 0.9216 | 0.8686 | 0.6773 | 0.7613 | 0.7689 | – | – |
 |  | measured − paper | -0.022 (in CI) | -0.069 (in CI) | -0.077 (in CI) | -0.461 (outside CI) | – | – | – |
-| (b) CIFAR-100, Cui2023Decoupled WRN-28-10 | paper: CARSO (NeurIPS 2024), Table 2 | 0.7385 | 0.6806 | 0.3918 | 0.6665 | – | – | – |
-| (c) TinyImageNet-200, Wang2023Better WRN-28-10 | paper: CARSO (NeurIPS 2024), Table 2 | 0.6519 | 0.5632 | 0.3130 | 0.5356 | – | – | – |
 
 - Paper: CARSO (NeurIPS 2024), Table 2 (n=10000): Clean and AutoAttack accuracy of the adversarially trained \
 classifier alone (AT) and of CARSO (C) on it; C/randAA: AutoAttack for randomised defences, end to end; PGD+EOT in \
@@ -154,6 +152,13 @@ round brackets in the paper.
 - C/PGD+EOT: robust accuracy of carso × pgd_eot
 - AT/worst: per-example worst case over every attack (at this threat model) of at
 - C/worst: per-example worst case over every attack (at this threat model) of carso
+- The papers' rows for other settings (dataset, architecture or threat model) are in the separate paper-reference \
+table below, not beside these measured rows.
+"""  # noqa: E501
+
+CARSO_TABLE2_REFERENCE = """\
+| (b) CIFAR-100, Cui2023Decoupled WRN-28-10 | CARSO (NeurIPS 2024), Table 2 | 0.7385 | 0.6806 | 0.3918 | 0.6665 | – |
+| (c) TinyImageNet-200, Wang2023Better WRN-28-10 | CARSO (NeurIPS 2024), Table 2 | 0.6519 | 0.5632 | 0.3130 | 0.5356 | – |
 """  # noqa: E501
 
 CARSO_TABLE3_ROWS = """\
@@ -188,9 +193,16 @@ def test_wilson_intervals_in_the_expected_text_follow_the_formula():
 
 def test_carso_table2_layout_matches_expected_text(grid_dir):
     grid = collect(grid_dir, report_config={})
-    table, tidy, has_cells = paper_tables.build(LAYOUTS["carso_table2"], grid, load_paper_numbers())
-    assert has_cells
+    built = paper_tables.build(LAYOUTS["carso_table2"], grid, load_paper_numbers())
+    table, tidy = built.measured, built.tidy
+    assert built.has_cells
     assert to_markdown(table) == CARSO_TABLE2
+    # the paper rows of other settings: apart, in their own clearly labelled table, never between measured rows
+    reference = to_markdown(built.reference)
+    assert reference.startswith("### Paper reference (not comparable with this grid's rows): CARSO Table 2")
+    assert CARSO_TABLE2_REFERENCE in reference and "(a) CIFAR-10" not in reference
+    # every measured number carries its attack's budget as hover text
+    assert table.tooltips[(0, 4)] == "aa (aa, end_to_end): eps=0.03137254901960784, norm=Linf, target=end_to_end"
     # the tidy CSV keeps the numbers: the measured-minus-paper difference of AT/AA is exact
     row = tidy[(tidy["column"] == "AT/AA") & (tidy["paper_row"] == "carso_table2.a")].iloc[0]
     assert row["value"] == pytest.approx(0.6) and row["paper_value"] == pytest.approx(0.6773)
@@ -200,11 +212,10 @@ def test_carso_table2_layout_matches_expected_text(grid_dir):
 
 def test_carso_table3_shows_partial_missing_and_the_papers_bound(grid_dir):
     grid = collect(grid_dir, report_config={})
-    table, _, has_cells = paper_tables.build(LAYOUTS["carso_table3"], grid, load_paper_numbers())
-    assert has_cells
-    text = to_markdown(table)
-    assert CARSO_TABLE3_ROWS in text
-    assert "| (b) CIFAR-100 | paper: CARSO (NeurIPS 2024), Table 3 | < 0.010 | – | – |" in text
+    built = paper_tables.build(LAYOUTS["carso_table3"], grid, load_paper_numbers())
+    assert built.has_cells
+    assert CARSO_TABLE3_ROWS in to_markdown(built.measured)
+    assert "| (b) CIFAR-100 | CARSO (NeurIPS 2024), Table 3 | < 0.010 |" in to_markdown(built.reference)
 
 
 def test_cells_table_shows_every_cell_and_the_worst_cases(grid_dir):
@@ -222,8 +233,7 @@ def test_cells_table_shows_every_cell_and_the_worst_cases(grid_dir):
 
 def test_latex_is_booktabs_with_escaped_text(grid_dir):
     grid = collect(grid_dir, report_config={})
-    table, _, _ = paper_tables.build(LAYOUTS["carso_table2"], grid, load_paper_numbers())
-    latex = to_latex(table)
+    latex = to_latex(paper_tables.build(LAYOUTS["carso_table2"], grid, load_paper_numbers()).measured)
     lines = latex.splitlines()
     assert lines[1:3] == [r"\begin{table}[htbp]", r"\centering"]
     assert r"\begin{tabular}{llrrrrrrr}" in lines and lines.count(r"\toprule") == 1
@@ -280,7 +290,7 @@ def test_report_config_maps_grid_keys_and_rejects_bad_input(grid_dir):
     grid = collect(grid_dir, report_config=config)
     layouts = {layout.name: (layout, named) for layout, named in configured_layouts(grid.report_config)}
     assert "atop_table8" not in layouts and layouts["carso_table2"][1] is True
-    table, _, _ = paper_tables.build(layouts["carso_table2"][0], grid, load_paper_numbers())
+    table = paper_tables.build(layouts["carso_table2"][0], grid, load_paper_numbers()).measured
     assert "- AT/AA: robust accuracy of at × pgd" in to_markdown(table)
     with pytest.raises(ReportConfigError, match=r"unknown layout\(s\) \['carso_tabel2'\].*Did you mean 'carso_table2'"):
         configured_layouts({"carso_tabel2": {}})
@@ -340,13 +350,18 @@ def test_figures_come_from_records_and_diagnostics(grid_dir, tmp_path):
 def test_steps_sweep_from_records_of_one_attack(grid_dir):
     grid = collect(grid_dir, report_config={})
     pgd = next(c for c in grid.cells if c.attack == "pgd")
-    longer = type(pgd)(**{**pgd.__dict__, "key": "k_pgd40", "attack": "pgd40",
-                          "attack_params": {**pgd.attack_params, "steps": 40},
-                          "record": {**pgd.record, "robust_acc": 0.4, "robust_ci": [0.2, 0.6]}})
-    grid.cells.append(longer)
+
+    def longer(steps: int, acc: float, ci: list[float]):
+        return type(pgd)(**{**pgd.__dict__, "key": f"k_pgd{steps}", "attack": f"pgd{steps}",
+                            "attack_params": {**pgd.attack_params, "steps": steps},
+                            "record": {**pgd.record, "robust_acc": acc, "robust_ci": ci}})
+
+    grid.cells.append(longer(40, 0.4, [0.2, 0.6]))
+    assert figures._record_sweeps(grid, "steps") == {}  # two points make no curve
+    grid.cells.append(longer(80, 0.3, [0.1, 0.6]))
     sweeps = figures._record_sweeps(grid, "steps")
     assert sweeps == {("cifar10_toy", "at/pgd"): [(20.0, pytest.approx(0.6), pgd.record["robust_ci"]),
-                                                   (40.0, 0.4, [0.2, 0.6])]}
+                                                   (40.0, 0.4, [0.2, 0.6]), (80.0, 0.3, [0.1, 0.6])]}
 
 
 def test_render_writes_every_output_and_removes_stale_ones(grid_dir):
@@ -430,7 +445,6 @@ ATOP_TABLE7_ROWS = """\
 | cifar10_r18 · RT2, AToP fine-tuned | measured | 1.000 [0.510, 1.000] n=4 | not in grid | not in grid | 0.625 [0.219, 0.908] n=4 | not in grid | not in grid | 0.625 [0.219, 0.908] n=4 |
 | RT2, AToP fine-tuned | paper: AToP, Table 7 | 0.9004 | 0.8984 | 0.8477 | 0.8457 | 0.8438 | 0.8887 | – |
 |  | measured − paper | +0.100 (in CI) | – | – | -0.221 (in CI) | – | – | – |
-| RT1, no fine-tuning | paper: AToP, Table 7 | 0.9336 | 0.1660 | 0.0000 | 0.0000 | 0.0000 | 0.2109 | – |
 """  # noqa: E501
 
 
@@ -445,8 +459,24 @@ def test_atop_table7_rows_are_defence_variants_under_classifier_only_attacks():
                    [[1, 1]] * 4, [[1, 1], [1, 1], [0, 1], [0, 0]]),
     ]
     grid = GridResults(name="t7", results_dir=Path("."), cells=cells, has_plan=True)
-    table, _, has_cells = paper_tables.build(LAYOUTS["atop_table7"], grid, load_paper_numbers())
-    assert has_cells and ATOP_TABLE7_ROWS in to_markdown(table)
+    built = paper_tables.build(LAYOUTS["atop_table7"], grid, load_paper_numbers())
+    assert built.has_cells and ATOP_TABLE7_ROWS in to_markdown(built.measured)
+    assert "RT1, no fine-tuning" in to_markdown(built.reference)
     # the same cells attacked on the classifier do not fill the end-to-end layout
-    _, _, has_cells = paper_tables.build(LAYOUTS["atop_table7_end_to_end"], grid, load_paper_numbers())
-    assert not has_cells
+    assert not paper_tables.build(LAYOUTS["atop_table7_end_to_end"], grid, load_paper_numbers()).has_cells
+
+
+def test_help_says_what_the_report_writes(capsys):
+    from bench.report import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m bench.report grid=NAME") and "index.html" in out
+
+
+def test_every_number_of_the_cells_table_has_its_budget_on_hover(grid_dir):
+    table, _ = long_table.build(collect(grid_dir, report_config={}))
+    assert table.tooltips[(1, 9)] == "pgd (pgd, end_to_end): eps=0.03137254901960784, norm=Linf, steps=20, " \
+                                     "target=end_to_end"
+    worst_row = next(i for i, row in enumerate(table.rows) if row[1] == "at" and row[2] == "worst case")
+    assert table.tooltips[(worst_row, 9)].splitlines() == [table.tooltips[(0, 9)], table.tooltips[(1, 9)]]

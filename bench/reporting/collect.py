@@ -44,6 +44,7 @@ class CellResult:
     record_name: str | None = None
     batches_saved: int | None = None
     batches_total: int | None = None
+    attack_budget: str = ""
 
     @property
     def done(self) -> bool:
@@ -69,6 +70,14 @@ class CellResult:
     @property
     def n(self) -> int:
         return int(self.record["n_examples"]) if self.done else int(self.n_examples)
+
+    @property
+    def budget(self) -> str:
+        """The attack's settings in one line (the record's, else the plan's, else from its parameters)."""
+        text = str((self.record or {}).get("attack_budget") or self.attack_budget or "")
+        if not text:
+            text = ", ".join(f"{k}={v}" for k, v in sorted(self.attack_params.items()) if k != "name")
+        return f"{self.attack} ({self.attack_name}, {self.target}): {text}"
 
     def status_text(self) -> str:
         """The cell's state in words: 'done', 'failed: <last error line>', 'partial (2/3 batches)', 'missing'."""
@@ -131,7 +140,8 @@ def _cell_from_plan(planned: dict[str, Any], stages: dict[str, Any]) -> CellResu
         attack_params=dict(planned.get("attack_params") or {}), seed=int(planned["seed"]),
         n_examples=int(planned["n_examples"]), block=str(planned.get("block", "")), status="missing",
         defence_params=dict(stage.get("params") or {}), scenario_info=_scenario_info(stage.get("identity") or {}),
-        eval_settings=dict(planned.get("eval") or {}), record_name=planned.get("record_name"))
+        eval_settings=dict(planned.get("eval") or {}), record_name=planned.get("record_name"),
+        attack_budget=str(planned.get("attack_budget") or ""))
 
 
 def _cell_from_record(record: dict[str, Any]) -> CellResult:

@@ -1,8 +1,9 @@
 """Figures from records and diagnostics (matplotlib, Agg), each saved as PNG and PDF.
 
 - robust_vs_eps: per scenario and norm, each defence's accuracy against eps: the clean accuracy at eps 0
-  and the per-example worst case over its attacks at every eps the grid has, with 95% intervals; the
-  diagnostics' eps curves dashed; chance (1 / classes) dotted.
+  and the per-example worst case over its attacks at every eps the grid has, with 95% intervals, drawn only
+  for defences measured at three or more eps (two points make a straight line that says nothing about the
+  curve); the diagnostics' eps sweeps dashed; chance (1 / classes) dotted.
 - heatmap: (scenario, defence, seed) x (clean, every attack, worst case) robust accuracy; missing and failed
   cells are drawn and labelled as such.
 - robust_vs_steps / robust_vs_eot: accuracy against attack steps and EOT samples, from the diagnostics'
@@ -28,6 +29,7 @@ from bench.reporting import fmt  # noqa: E402
 from bench.reporting.collect import CellResult, GridResults  # noqa: E402
 from bench.reporting.worst_case import combine, group_key  # noqa: E402
 
+MIN_CURVE_POINTS = 3
 SWEEP_SETTINGS = {"steps": ("steps",), "eot": ("eot", "eot_iter", "eot_samples")}
 
 
@@ -45,7 +47,7 @@ class FigureFile:
         return self.png is not None
 
 
-def _save(fig: plt.Figure, folder: Path, name: str) -> tuple[Path, Path]:
+def save(fig: plt.Figure, folder: Path, name: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     png, pdf = folder / f"{name}.png", folder / f"{name}.pdf"
     fig.savefig(png, dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -96,13 +98,15 @@ def robust_vs_eps(grid: GridResults, folder: Path) -> FigureFile:
             for cell in cells:
                 if cell.norm == norm:
                     lines.setdefault(_defence_label(cell, seeds), []).append(cell)
-            panels[(scenario, norm)] = {label: _eps_points(group) for label, group in lines.items()}
+            points = {label: _eps_points(group) for label, group in lines.items()}
+            panels[(scenario, norm)] = {k: v for k, v in points.items() if len(v) >= MIN_CURVE_POINTS}
     curves = _diagnostic_curves(grid, "eps")
     for (scenario, norm), lines in list(panels.items()):
         if not any(points for points in lines.values()) and not any(k[0] == scenario for k in curves):
             del panels[(scenario, norm)]
     if not panels:
-        figure.reason = "no finished cell has an eps"
+        figure.reason = (f"no defence is measured at {MIN_CURVE_POINTS} or more eps values (clean counts as eps 0) "
+                         "and no diagnostics eps sweep exists (python -m bench.diagnose)")
         return figure
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, ((scenario, norm), lines) in zip(axes[0], panels.items(), strict=True):
@@ -123,7 +127,7 @@ def robust_vs_eps(grid: GridResults, folder: Path) -> FigureFile:
         ax.set(title=f"{scenario} ({norm})", xlabel=f"eps ({norm})", ylabel="accuracy", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.png, figure.pdf = _save(fig, folder, figure.name)
+    figure.png, figure.pdf = save(fig, folder, figure.name)
     return figure
 
 
@@ -183,7 +187,7 @@ def heatmap(grid: GridResults, folder: Path) -> FigureFile:
     ax.set_yticks(range(len(rows)), labels)
     fig.colorbar(image, ax=ax, label="accuracy")
     ax.set_title(f"grid {grid.name}")
-    figure.png, figure.pdf = _save(fig, folder, figure.name)
+    figure.png, figure.pdf = save(fig, folder, figure.name)
     return figure
 
 
@@ -194,7 +198,7 @@ def _diagnostic_curves(grid: GridResults, kind: str) -> dict[tuple[str, str], di
     for report in grid.diagnostics:
         curve = (report.get("curves") or {}).get(kind) or {}
         xs, accs = curve.get("x") or [], curve.get("acc") or []
-        if xs and len(xs) == len(accs):
+        if len(xs) >= MIN_CURVE_POINTS and len(xs) == len(accs):
             label = f"{report.get('defence', '?')}/{report.get('attack', '?')}"
             curves[(str(report.get("scenario", "?")), label)] = {"x": xs, "acc": accs, "norm": report.get("norm")}
     return curves
@@ -212,7 +216,7 @@ def _record_sweeps(grid: GridResults, kind: str) -> dict[tuple[str, str], list[t
         groups.setdefault(key, []).append((float(cell.attack_params[setting]), cell))
     sweeps = {}
     for (scenario, defence, seed, attack_name, _), members in groups.items():
-        if len({x for x, _ in members}) >= 2:
+        if len({x for x, _ in members}) >= MIN_CURVE_POINTS:
             members.sort(key=lambda item: item[0])
             label = f"{defence}/{attack_name}" + (f" (seed {seed})" if len(grid.seeds(scenario)) > 1 else "")
             sweeps[(scenario, label)] = [(x, c.record["robust_acc"], c.record["robust_ci"]) for x, c in members]
@@ -251,7 +255,7 @@ def sweep(grid: GridResults, folder: Path, kind: str) -> FigureFile:
         ax.set(title=scenario, xlabel=what, ylabel="robust accuracy", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.png, figure.pdf = _save(fig, folder, figure.name)
+    figure.png, figure.pdf = save(fig, folder, figure.name)
     return figure
 
 

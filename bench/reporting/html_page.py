@@ -1,5 +1,7 @@
-"""results/<grid>/index.html: one self-contained page (inline CSS, no network) with every table, figure,
-diagnostics flag and each cell's settings and provenance. Figures are linked by relative path, so the page
+"""results/<grid>/index.html: one self-contained page (inline CSS, no network): the provenance banner, the
+report's sections in order (headline first), then status, diagnostics flags and each cell's settings and
+provenance. Every measured number carries its attacks' budgets as hover text (the table cell's title).
+Figures are linked by relative path, so the page
 opens from the results folder; a small script marks figures that failed to load (`data-loaded`).
 """
 
@@ -13,7 +15,8 @@ from typing import Any
 
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.figures import FigureFile
-from bench.reporting.tables import Table, to_html
+from bench.reporting.sections import Section
+from bench.reporting.tables import to_html
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -30,6 +33,12 @@ figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 
 details { margin: 0.2em 0; } summary { cursor: pointer; } pre { background: #f7f7f7; padding: 0.5em;
 overflow-x: auto; font-size: 0.8em; } .broken { color: #8a1010; font-weight: 600; }
 .counts span { margin-right: 1em; }
+h1 { margin-top: 0; } p.lede { margin: 0.2em 0 0.5em 0; font-size: 0.9em; } nav { font-size: 0.85em; }
+.provenance { padding: 0.3em 0.8em; margin: 0.4em 0; font-size: 0.85em; border-radius: 4px; }
+.provenance.warn { background: #fff4d6; border: 1px solid #e0b84c; } .provenance.ok { background: #eef7ee; }
+.provenance ul { margin: 0.2em 0; padding-left: 1.4em; } p.files { font-size: 0.8em; color: #555; }
+td[title] { cursor: help; text-decoration: underline dotted #999; }
+div.wide { overflow-x: auto; max-width: 100%; } table.results th, td.nowrap { white-space: nowrap; }
 """
 
 # Marks every figure once the page has loaded: data-loaded="true" when the image decoded (naturalWidth > 0),
@@ -51,6 +60,13 @@ window.addEventListener("load", function () {
   });
   document.body.setAttribute("data-figures-checked", String(images.length));
   document.body.setAttribute("data-figures-broken", String(broken));
+  // layout facts for the browser tests: horizontal overflow and where the headline table starts
+  var headline = document.getElementById("headline");
+  document.body.setAttribute("data-scroll-width", String(document.documentElement.scrollWidth));
+  document.body.setAttribute("data-viewport", window.innerWidth + "x" + window.innerHeight);
+  if (headline) {
+    document.body.setAttribute("data-headline-top", String(Math.round(headline.getBoundingClientRect().top)));
+  }
 });
 """
 
@@ -169,27 +185,39 @@ def _status(grid: GridResults) -> str:
     return "\n".join(parts)
 
 
-def write_page(grid: GridResults, layouts: list[tuple[Table, list[str]]], cells_table: tuple[Table, list[str]],
-               figures: list[FigureFile], skipped_layouts: list[str], path: Path) -> Path:
-    """Write index.html; `layouts` and `cells_table` pair each Table with its files (relative paths)."""
-    layout_html = "\n".join(f"{to_html(table)}<p>Files: {_links(files)}</p>" for table, files in layouts)
-    if skipped_layouts:
-        layout_html += ("<p>Paper layouts with no cell in this grid (not rendered): "
-                        f"{_e(', '.join(skipped_layouts))}.</p>")
-    sections = [
-        ("status", "Status", _status(grid)),
-        ("paper-tables", "Paper layouts", layout_html or "<p>No paper layout applies to this grid.</p>"),
-        ("cells-table", "Every cell", f"{to_html(cells_table[0])}<p>Files: {_links(cells_table[1])}</p>"),
-        ("figures", "Figures", _figures(figures, path.parent)),
-        ("diagnostics", "Diagnostics", _diagnostics(grid)),
-        ("cells", "Cell settings and provenance", "\n".join(_cell_details(c) for c in grid.cells)),
-    ]
-    nav = " · ".join(f'<a href="#{anchor}">{_e(title)}</a>' for anchor, title, _ in sections)
-    body = "\n".join(f'<h2 id="{anchor}">{_e(title)}</h2>\n{content}' for anchor, title, content in sections)
+def _section_html(section: Section, results_dir: Path) -> str:
+    parts = [f"<p>{_e(section.text)}</p>"] if section.text else []
+    tables = [f'<div class="wide">{to_html(table)}</div><p class="files">Files: {_links(files)}</p>'
+              for table, files in section.tables]
+    figures = [_figures(section.figures, results_dir)] if section.figures else []
+    parts += figures + tables if section.figures_first else tables + figures
+    return "\n".join(parts + ([section.html] if section.html else []))
+
+
+def _banner(warnings: list[str], line: str) -> str:
+    if not warnings:
+        return f'<p class="provenance ok" id="provenance">{_e(line)}</p>'
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<div class="provenance warn" id="provenance"><b>Provenance warning</b><ul>{items}</ul></div>'
+
+
+def write_page(grid: GridResults, sections: list[Section], warnings: list[str], provenance_line: str,
+               path: Path) -> Path:
+    """Write index.html: the provenance banner, then `sections` in order, then status, diagnostics and cells."""
+    sections = [*sections,
+                Section("status", "Status", html=_status(grid)),
+                Section("diagnostics", "Diagnostics", html=_diagnostics(grid)),
+                Section("cell-details", "Cell settings and provenance",
+                        html="\n".join(_cell_details(c) for c in grid.cells))]
+    nav = " · ".join(f'<a href="#{s.anchor}">{_e(s.title)}</a>' for s in sections)
+    body = "\n".join(f'<h2 id="{s.anchor}">{_e(s.title)}</h2>\n{_section_html(s, path.parent)}' for s in sections)
+    counts = ", ".join(f"{v} {k}" for k, v in grid.counts().items() if v)
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>Grid {_e(grid.name)}: results</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>Grid {_e(grid.name)}</h1>\n<p>Rendered from the records in <code>cells/</code> by "
-            f"<code>python -m bench.report grid={_e(grid.name)}</code>.</p>\n<nav>{nav}</nav>\n{body}\n"
-            f"<script>{SCRIPT}</script>\n</body>\n</html>\n")
+            f"<h1>Grid {_e(grid.name)}</h1>\n<p class=\"lede\">{len(grid.cells)} cells ({_e(counts)}), rendered from "
+            f"the records in <code>cells/</code> by <code>python -m bench.report grid={_e(grid.name)}</code>. "
+            f"Hover a number for its attacks' budgets.</p>\n{_banner(warnings, provenance_line)}\n"
+            f"<nav>{nav}</nav>\n{body}\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
     path.write_text(page, encoding="utf-8")
     return path

@@ -97,15 +97,17 @@ def build(grid: GridResults) -> tuple[Table, pd.DataFrame]:
         groups.setdefault((cell.scenario, cell.seed, cell.defence), []).append(cell)
     worst_by_group = {(w.scenario, w.seed, w.defence, w.norm, None if w.eps is None else round(w.eps, 10)): w
                       for w in worst_cases(grid.cells)}
-    rows, data, starts = [], [], []
+    rows, data, starts, tips = [], [], [], {}
     for (scenario, seed, defence), cells in groups.items():
         starts.append(len(rows))
         for cell in cells:
+            tips[(len(rows), 2)] = tips[(len(rows), 9)] = cell.budget
             rows.append(_cell_row(cell))
             data.append(_cell_data(cell))
         for threat_key in dict.fromkeys(group_key(c)[3:] for c in cells):
             worst = worst_by_group.get((scenario, seed, defence, *threat_key))
             if worst is not None:
+                tips[(len(rows), 9)] = "\n".join(c.budget for c in worst.cells)
                 stochastic = any(int((c.record or {}).get("draws") or 1) > 1 for c in cells if c.done)
                 rows.append(_worst_row(worst, stochastic))
                 data.append(_worst_data(worst))
@@ -119,6 +121,6 @@ def build(grid: GridResults) -> tuple[Table, pd.DataFrame]:
         notes.append(f"{len(grid.stray_records)} record(s) in cells/ belong to no cell of the current plan and "
                      "are not shown.")
     table = Table(title=f"Grid {grid.name}: every cell", columns=HEADER, rows=rows, notes=notes,
-                  group_starts=starts, label="cells", left_columns=6)
+                  group_starts=starts, label="cells", left_columns=6, tooltips=tips)
     integers = {name: "Int64" for name in ("seed", "n", "draws", "forward_examples", "backward_examples")}
     return table, pd.DataFrame(data, columns=CSV_COLUMNS).astype(integers)

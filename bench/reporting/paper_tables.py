@@ -1,9 +1,11 @@
 """Fill a paper layout from a grid's cells and put the papers' numbers beside the measured ones.
 
 Rows: one per scenario (and seed, when a grid has several; and variant, for variant layouts) that has at
-least one attacked cell in the layout, each followed by the paper row(s) with the same setting and the difference
-(measured - paper, and whether the paper's value lies in the measured 95% interval); then the papers'
-rows that no scenario of the grid matches, so that their numbers are always shown.
+least one attacked cell in the layout, each followed by the paper row(s) with the same setting (dataset,
+classifier architecture and threat model) and the difference (measured - paper, and whether the paper's value
+lies in the measured 95% interval). The papers' rows that no scenario of the grid matches go into a separate
+paper-reference table, never between measured rows. Every measured number says its n and carries its cells'
+attack budgets as the HTML cell's hover text.
 A slot without a result says why: 'not in grid', 'ambiguous (...)', 'missing', 'partial (...)', 'failed'.
 """
 
@@ -152,7 +154,7 @@ def resolve(column: Column, defence: dict[str, Any] | None, cells: list[CellResu
         return _worst(mine)
     attack_keys = list(dict.fromkeys(c.attack for c in mine))
     if column.metric == "robust" and len(attack_keys) > 1:
-        return Slot("ambiguous", note=", ".join(attack_keys))
+        return _loss_partners(mine) or Slot("ambiguous", note=", ".join(attack_keys))
     done = [c for c in mine if c.done]
     if not done:
         return _not_done(mine)
@@ -161,6 +163,24 @@ def resolve(column: Column, defence: dict[str, Any] | None, cells: list[CellResu
     # clean accuracy: prefer a record at the threat model, then the most draws, then plan order
     ranked = sorted(done, key=lambda c: (not _at_threat(c, threat), -int(c.record.get("draws") or 1)))
     return _from_record(ranked[0], "clean")
+
+
+def _loss_partners(cells: list[CellResult]) -> Slot | None:
+    """Cells of one attack that differ only in `loss`: the paper's setting (CE, or no loss given) fills the slot
+    and the other losses' accuracies are named beside it; None when the cells differ in anything else."""
+    def rest(cell: CellResult) -> tuple:
+        return (cell.defence, tuple(sorted((k, repr(v)) for k, v in cell.attack_params.items() if k != "loss")))
+
+    if len({rest(c) for c in cells}) != 1:
+        return None
+    paper = [c for c in cells if str(c.attack_params.get("loss", "ce")).lower() == "ce"]
+    if len(paper) != 1:
+        return None
+    slot = _from_record(paper[0], "robust") if paper[0].done else _not_done(paper)
+    others = [f"{c.attack_params.get('loss')}: {fmt.accuracy(c.record['robust_acc']) if c.done else c.status}"
+              for c in cells if c is not paper[0]]
+    slot.note, slot.cells = "paper's loss, CE; " + ", ".join(others), cells
+    return slot
 
 
 def _worst(cells: list[CellResult]) -> Slot:
@@ -177,17 +197,22 @@ def _worst(cells: list[CellResult]) -> Slot:
 def _paper_rows_for(layout: Layout, papers: dict[str, PaperTable], grid: GridResults, scenario: str,
                     variant: str | None) -> tuple[list[PaperRow], str]:
     tables = [papers[t] for t in layout.paper_tables if t in papers]
+    info = dict(grid.scenario_info(scenario))
+    if layout.norm is not None:
+        info.update(norm=layout.norm, eps=layout.eps)
     if scenario in layout.paper_rows:
         named = layout.paper_rows[scenario]
         rows = [r for t in tables for r in t.rows.values() if (r.id in named or r.ref in named)
                 and (variant is None or r.id == variant)]
         unknown = [n for n in named if not any(n in (r.id, r.ref) for t in tables for r in t.rows.values())]
-        note = f"{scenario}: paper row(s) {unknown} named in report.{layout.name}.paper_rows do not exist" \
-            if unknown else ""
-        return rows, note
-    info = dict(grid.scenario_info(scenario))
-    if layout.norm is not None:
-        info.update(norm=layout.norm, eps=layout.eps)
+        other = [r.ref for r in rows if not row_matches(r.match, info)]
+        notes = []
+        if unknown:
+            notes.append(f"paper row(s) {unknown} named in report.{layout.name}.paper_rows do not exist")
+        if other:
+            notes.append(f"paper row(s) {other} named in report.{layout.name}.paper_rows have another dataset, "
+                         "architecture or threat model, so they are shown apart, not beside the measured row")
+        return [r for r in rows if r.ref not in other], f"{scenario}: " + "; ".join(notes) if notes else ""
     candidates = [r for t in tables for r in t.rows.values() if (variant is None or r.id == variant)
                   and row_matches(r.match, info)]
     if len(candidates) > 1:
@@ -250,16 +275,35 @@ def _column_note(column: Column, rows: list[MeasuredRow]) -> str:
     return f"{column.label}: {what} a cell this grid does not have ({wanted})"
 
 
-def build(layout: Layout, grid: GridResults, papers: dict[str, PaperTable]) -> tuple[Table, pd.DataFrame, bool]:
-    """The layout as a Table, its tidy data as a DataFrame, and whether any grid cell is in it."""
+@dataclass
+class LayoutTables:
+    """A layout filled from the grid (measured rows, each with the paper rows of its own setting only), the
+    papers' rows that no measured row matches as a separate reference table, and the tidy data."""
+
+    measured: Table
+    reference: Table | None
+    tidy: pd.DataFrame
+    has_cells: bool
+
+
+def _slot_tip(slot: Slot) -> str:
+    return "\n".join(c.budget for c in slot.cells) if slot.cells else ""
+
+
+def build(layout: Layout, grid: GridResults, papers: dict[str, PaperTable]) -> LayoutTables:
+    """The layout's measured table, its paper-reference table (None if every paper row is matched) and tidy data."""
     rows, match_notes = measured_rows(layout, grid, papers)
     labels = [c.label for c in layout.columns]
     table_rows: list[list[str]] = []
     starts: list[int] = []
+    tips: dict[tuple[int, int], str] = {}
     tidy: list[dict[str, Any]] = []
     shown: set[str] = set()
     for row in rows:
         starts.append(len(table_rows))
+        for column, label in enumerate(labels, start=2):
+            if _slot_tip(row.slots[label]):
+                tips[(len(table_rows), column)] = _slot_tip(row.slots[label])
         table_rows.append([row.label, "measured", *(row.slots[c].text() for c in labels)])
         for paper_row in row.paper_rows:
             shown.add(paper_row.ref)
@@ -269,17 +313,30 @@ def build(layout: Layout, grid: GridResults, papers: dict[str, PaperTable]) -> t
                                                          for c in layout.columns)])
         tidy += _tidy_rows(layout, row)
     unmatched = [r for t in layout.paper_tables if t in papers for r in papers[t].rows.values() if r.ref not in shown]
-    if unmatched:
-        starts.append(len(table_rows))
     for paper_row in unmatched:
-        table_rows.append([paper_row.label, f"paper: {paper_row.source}",
-                           *(_paper_text(paper_row, c) for c in layout.columns)])
         tidy += _tidy_paper_only(layout, paper_row)
     notes = _notes(layout, grid, papers, rows, match_notes)
+    if unmatched:
+        notes.append("The papers' rows for other settings (dataset, architecture or threat model) are in the "
+                     "separate paper-reference table below, not beside these measured rows.")
     table = Table(title=layout.title, columns=["setting", "line", *labels], rows=table_rows, notes=notes,
-                  group_starts=starts, label=layout.name, left_columns=2)
+                  group_starts=starts, label=layout.name, left_columns=2, tooltips=tips)
     frame = pd.DataFrame(tidy, columns=TIDY_COLUMNS).astype({"seed": "Int64", "n": "Int64"})
-    return table, frame, bool(rows)
+    return LayoutTables(table, reference_table(layout, papers, unmatched), frame, bool(rows))
+
+
+def reference_table(layout: Layout, papers: dict[str, PaperTable], rows: list[PaperRow]) -> Table | None:
+    """The papers' rows that no measured row of this grid matches: their numbers only, clearly apart."""
+    columns = [c for c in layout.columns if c.paper]
+    if not rows or not columns:
+        return None
+    body = [[r.label, r.source, *(_paper_text(r, c) for c in columns)] for r in rows]
+    notes = ["Paper reference only: these settings differ from every scenario of this grid (dataset, classifier "
+             "architecture or threat model), so no measured number is compared with them."]
+    notes += [f"Paper: {papers[t].source}: {papers[t].caption}" for t in layout.paper_tables if t in papers]
+    return Table(f"Paper reference (not comparable with this grid's rows): {layout.title.split(' layout')[0]}",
+                 ["paper setting", "source", *(c.label for c in columns)], body, notes=notes,
+                 label=f"{layout.name}-paper", left_columns=2)
 
 
 def _paper_text(row: PaperRow, column: Column) -> str:

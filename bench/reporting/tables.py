@@ -16,7 +16,7 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "—": "---", "−": "$-$", "Δ": r"$\Delta$",
     "≈": r"$\approx$", "<": "$<$", ">": "$>$", "ε": r"$\epsilon$", "×": r"$\times$", "≥": r"$\geq$",
-    "≤": r"$\leq$", "·": r"$\cdot$",
+    "≤": r"$\leq$", "·": r"$\cdot$", "±": r"$\pm$",
 }
 
 
@@ -29,6 +29,7 @@ class Table:
     group_starts: list[int] = field(default_factory=list)
     label: str = ""
     left_columns: int = 1
+    tooltips: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) -> hover text (HTML)
 
     def __post_init__(self) -> None:
         for number, row in enumerate(self.rows):
@@ -80,7 +81,15 @@ def to_latex(table: Table) -> str:
 def _cell_class(text: str) -> str:
     if text.startswith("failed"):
         return ' class="failed"'
-    return ' class="unfinished"' if text.startswith(_UNFINISHED) else ""
+    if text.startswith(_UNFINISHED):
+        return ' class="unfinished"'
+    # numbers with their intervals, and short labels, stay on one line
+    return ' class="nowrap"' if text[:1].isdigit() or text[:1] in "+-<" or len(text) <= 12 else ""
+
+
+def _title(table: Table, row: int, column: int) -> str:
+    tip = table.tooltips.get((row, column))
+    return f' title="{html.escape(tip)}"' if tip else ""
 
 
 def to_html(table: Table) -> str:
@@ -90,7 +99,8 @@ def to_html(table: Table) -> str:
              "<tbody>"]
     for number, row in enumerate(table.rows):
         start = ' class="group-start"' if number in table.group_starts and number > 0 else ""
-        cells = "".join(f"<td{_cell_class(c)}>{html.escape(c)}</td>" for c in row)
+        cells = "".join(f"<td{_cell_class(c)}{_title(table, number, column)}>{html.escape(c)}</td>"
+                        for column, c in enumerate(row))
         lines.append(f"<tr{start}>{cells}</tr>")
     lines.append("</tbody></table>")
     if table.notes:

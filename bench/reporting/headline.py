@@ -1,0 +1,224 @@
+"""The page's opening: per scenario, defence and seed, clean accuracy and the per-example worst case over every
+attack, and how much each naive evaluation setting overstates that worst case.
+
+Every number of a headline row comes from one set of test examples: the examples all of the defence's attacks
+at the scenario's threat model share (`worst_case.align`), so clean and worst case have one n. The worst case
+includes the clean judgements (robust only if also clean-correct) and, where the grid has it, the `adaptive`
+attack (its own accuracy is shown beside it).
+
+Naive settings (a cell may be in several): classifier-only (`target: classifier`), CE-only (`loss: ce`, or an
+AutoAttack whose components are all CE), single-pass (no EOT, `eot` <= 1, on a stochastic defence) and BPDA.
+A setting's number is the per-example worst case over the defence's cells in it; its overstatement is that
+minus the overall worst case on the same examples, with Newcombe's paired interval (bench.stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.reporting import fmt
+from bench.reporting.collect import CellResult, GridResults
+from bench.reporting.tables import Table
+from bench.reporting.worst_case import WorstCase, combine, group_key, minimum
+from bench.stats import PairedComparison, paired_comparison, spread
+
+ADAPTIVE = "adaptive"
+EOT_SETTINGS = ("eot", "eot_iter", "eot_samples")
+
+
+def attack_loss(cell: CellResult) -> str | None:
+    """'ce', 'margin', 'dlr', ... from the attack's `loss`, or 'ce' for an AutoAttack of CE components only."""
+    loss = cell.attack_params.get("loss")
+    if loss is not None:
+        return str(loss).lower()
+    components = cell.attack_params.get("attacks")
+    if isinstance(components, list) and components and all(str(a).endswith("-ce") for a in components):
+        return "ce"
+    return None
+
+
+def stochastic(cell: CellResult) -> bool:
+    record = cell.record or {}
+    return bool(record.get("stochastic")) or int(record.get("draws") or 1) > 1
+
+
+def eot_samples(cell: CellResult) -> int:
+    return next((int(cell.attack_params[k]) for k in EOT_SETTINGS if fmt.is_number(cell.attack_params.get(k))), 1)
+
+
+NAIVE_SETTINGS: dict[str, Callable[[CellResult], bool]] = {
+    "classifier-only": lambda c: c.target == "classifier",
+    "CE-only": lambda c: attack_loss(c) == "ce",
+    "single-pass (no EOT)": lambda c: stochastic(c) and eot_samples(c) <= 1 and not c.attack_name.startswith(
+        ADAPTIVE),
+    "BPDA": lambda c: c.attack_name.startswith("bpda"),
+}
+
+
+@dataclass
+class Overstatement:
+    setting: str
+    cells: list[CellResult]
+    comparison: PairedComparison  # naive setting (first) against the worst case (second)
+
+
+@dataclass
+class Headline:
+    worst: WorstCase
+    adaptive: CellResult | None
+    overstatements: list[Overstatement]
+
+    @property
+    def defence(self) -> str:
+        return self.worst.defence
+
+
+def headline_threat(grid: GridResults, scenario: str, cells: list[CellResult]) -> tuple:
+    """The scenario's own threat model where the defence has cells at it, else the one most of its cells use."""
+    info = grid.scenario_info(scenario)
+    keys = [group_key(c)[3:] for c in cells if c.eps is not None]
+    if info.get("eps") is not None:
+        own = (info.get("norm"), round(float(info["eps"]), 10))
+        if own in keys:
+            return own
+    return max(dict.fromkeys(keys), key=keys.count) if keys else (None, None)
+
+
+def _overstatements(worst: WorstCase) -> list[Overstatement]:
+    found = []
+    for setting, applies in NAIVE_SETTINGS.items():
+        members = [c for c in worst.cells if applies(c)]
+        if members and worst.n:
+            naive = minimum(members, worst.index)
+            found.append(Overstatement(setting, members, paired_comparison(naive, worst.correct)))
+    return found
+
+
+def headlines(grid: GridResults) -> list[Headline]:
+    """One headline per (scenario, defence, seed), in grid order, at the headline threat model."""
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in grid.cells:
+        groups.setdefault((cell.scenario, cell.defence, cell.seed), []).append(cell)
+    found = []
+    for (scenario, _, _), cells in groups.items():
+        threat = headline_threat(grid, scenario, cells)
+        at_threat = [c for c in cells if group_key(c)[3:] == threat]
+        if not at_threat:
+            continue
+        worst = combine(at_threat)
+        adaptive = next((c for c in worst.cells if c.attack_name == ADAPTIVE), None)
+        found.append(Headline(worst, adaptive, _overstatements(worst)))
+    return found
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+HEADLINE_COLUMNS = ["scenario", "defence", "seed", "threat", "n", "clean [95% CI]", "worst case [95% CI]",
+                    "adaptive alone", "attacks in the worst case", "not included"]
+
+
+def budgets(cells: list[CellResult]) -> str:
+    return "\n".join(c.budget for c in cells)
+
+
+def _headline_row(item: Headline) -> list[str]:
+    worst = item.worst
+    adaptive = fmt.MISSING
+    if item.adaptive is not None:
+        adaptive_values = minimum([item.adaptive], worst.index)
+        adaptive = fmt.accuracy(sum(adaptive_values) / worst.n)
+    elif worst.n:
+        adaptive = "not run"
+    threat = f"{worst.norm} {fmt.eps(worst.eps)}" if worst.norm else fmt.MISSING
+    left_out = worst.not_done + [f"{a} (other test subset)" for a in worst.other_subset]
+    larger = [c for c in worst.cells if c.n > worst.n]
+    if larger:
+        sizes = ", ".join(f"{c.attack} n={c.n}" for c in larger)
+        left_out.append(f"examples outside the shared {worst.n} ({sizes})")
+    return [worst.scenario, worst.defence, str(worst.seed), threat, str(worst.n) if worst.n else fmt.MISSING,
+            fmt.accuracy_ci(worst.clean_acc, worst.clean_ci), fmt.accuracy_ci(worst.acc, worst.ci), adaptive,
+            ", ".join(worst.attacks) or "no finished attack", ", ".join(left_out) or fmt.MISSING]
+
+
+def headline_table(items: list[Headline]) -> Table:
+    rows, tips = [], {}
+    for number, item in enumerate(items):
+        rows.append(_headline_row(item))
+        tip = budgets(item.worst.cells)
+        for column in (5, 6, 8):
+            tips[(number, column)] = tip
+        if item.adaptive is not None:
+            tips[(number, 7)] = item.adaptive.budget
+    notes = ["clean and worst case on the same n test examples: those every attack of the defence at this threat "
+             "model was run on (a block with a smaller n_examples restricts the others to its examples).",
+             "worst case: per example, the minimum over the attacks' judgements and their clean judgements (an "
+             "example counts as robust only if it is also classified correctly without attack), 95% Wilson "
+             "interval; for stochastic defences each judgement is the record's headline decision over K draws.",
+             "adaptive alone: the `adaptive` attack's accuracy on the same examples, where the grid runs it.",
+             "Hover a number (or see 'Cell settings' below) for every attack's budget."]
+    return Table("Headline: clean accuracy and the per-example worst case over every attack", HEADLINE_COLUMNS,
+                 rows, notes=notes, label="headline", left_columns=4, tooltips=tips)
+
+
+OVERSTATEMENT_COLUMNS = ["scenario", "defence", "seed", "naive setting", "cells", "naive accuracy",
+                         "worst case", "overstatement [95% CI]", "McNemar p", "n"]
+
+
+def overstatement_table(items: list[Headline]) -> Table:
+    rows, tips = [], {}
+    for item in items:
+        for over in item.overstatements:
+            result = over.comparison
+            tips[(len(rows), 4)] = budgets(over.cells)
+            rows.append([item.worst.scenario, item.defence, str(item.worst.seed), over.setting,
+                         ", ".join(c.attack for c in over.cells), fmt.accuracy(result.first_acc),
+                         fmt.accuracy(result.second_acc), difference_text(result), p_text(result), str(result.n)])
+    notes = ["naive accuracy: the per-example worst case over the defence's cells in that setting only; "
+             "overstatement: naive minus the overall worst case on the same examples, with Newcombe's paired 95% "
+             "interval (method 10) and the exact McNemar p-value.",
+             "classifier-only: crafted on the classifier alone; CE-only: cross-entropy loss only; single-pass: no "
+             "EOT on a stochastic defence; BPDA: identity gradient through the purifier."]
+    if not rows:
+        notes.append("No cell of this grid uses a naive setting.")
+    return Table("What naive evaluation overstates", OVERSTATEMENT_COLUMNS, rows, notes=notes,
+                 label="overstatement", left_columns=5, tooltips=tips)
+
+
+def difference_text(result: PairedComparison) -> str:
+    return f"{fmt.signed(result.difference)} [{fmt.signed(result.ci[0])}, {fmt.signed(result.ci[1])}]"
+
+
+def p_text(result: PairedComparison) -> str:
+    text = "< 0.001" if result.p_value < 1e-3 else f"{result.p_value:.3f}"
+    return text if result.exact else f"{text} (expected counts)"
+
+
+# --- seeds ----------------------------------------------------------------------------------------------
+
+SEED_COLUMNS = ["scenario", "defence", "seeds", "clean mean ± sd [min, max]", "worst case mean ± sd [min, max]"]
+
+
+def _spread_text(values: list[float]) -> str:
+    result = spread(values)
+    return f"{result.mean:.3f} ± {result.sd:.3f} [{result.low:.3f}, {result.high:.3f}]"
+
+
+def seed_table(items: list[Headline]) -> Table | None:
+    """Mean and spread over seeds per (scenario, defence); None when no defence has several seeds."""
+    groups: dict[tuple[str, str], list[WorstCase]] = {}
+    for item in items:
+        if item.worst.n:
+            groups.setdefault((item.worst.scenario, item.defence), []).append(item.worst)
+    rows = []
+    for (scenario, defence), worsts in groups.items():
+        if len(worsts) < 2:
+            continue
+        cleans = [w.clean_acc for w in worsts if w.clean_acc is not None]
+        rows.append([scenario, defence, ", ".join(str(w.seed) for w in worsts),
+                     _spread_text(cleans) if cleans else fmt.MISSING, _spread_text([w.acc for w in worsts])])
+    if not rows:
+        return None
+    return Table("Spread across seeds", SEED_COLUMNS, rows, label="seeds", left_columns=3,
+                 notes=["Over the seeds' headline rows (each on its own test examples); sd: sample standard "
+                        "deviation."])
