@@ -167,7 +167,7 @@ def eps_grid(eps: float, eps_max: float, points: int) -> list[float]:
     return sorted({0.0, eps, *[round(v, 6) for v in values]})
 
 
-def _gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
+def gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
                    max_batch: int | None) -> Flag:
     margin = eot_gradient(model, x, y, eot, "margin", max_batch).grad.flatten(1)
     cross_entropy = eot_gradient(model, x, y, eot, "ce", max_batch).grad.flatten(1)
@@ -224,6 +224,29 @@ def _stability_flags(model: nn.Module, x: torch.Tensor, stochastic: bool, passes
     return flags
 
 
+def _check_inputs(eps: float, norm: str) -> None:
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"norm={norm!r} is not supported; valid: Linf, L2")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def _eot_and_draws(settings: Budget, stochastic: bool) -> tuple[int, int]:
+    return settings.eot or (10 if stochastic else 1), settings.draws or (8 if stochastic else 1)
+
+
+def check_loss_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+                       stochastic: bool | None = None, **budget: Any) -> Flag:
+    """The `loss_masking_ce_vs_margin` check alone (two white-box runs), with `diagnose`'s budget fields."""
+    _check_inputs(eps, norm)
+    settings = Budget(**budget)
+    stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
+    eot, draws = _eot_and_draws(settings, stochastic)
+    runner = _Runner(model, x.detach(), y.detach(), norm, settings, eot, draws, eps,
+                     Progress("loss masking", 2, LOG, every_s=20.0, unit="runs"))
+    return _loss_masking_flag(runner, eps, settings.steps, eot, x.shape[0])
+
+
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
              stochastic: bool | None = None, **budget: Any) -> DiagnosticReport:
     """Run every check on (x, y) at `eps`. `stochastic` defaults to the model's own `stochastic` attribute;
@@ -231,16 +254,12 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     tolerance, max_batch, seed, loss)."""
     from attacks.autoattack import Square
 
-    if norm not in ("Linf", "L2"):
-        raise ValueError(f"norm={norm!r} is not supported; valid: Linf, L2")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    _check_inputs(eps, norm)
     settings = Budget(**budget)
     started = time.time()
     x, y = x.detach(), y.detach()
     stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
-    eot = settings.eot or (10 if stochastic else 1)
-    draws = settings.draws or (8 if stochastic else 1)
+    eot, draws = _eot_and_draws(settings, stochastic)
     eps_max = settings.eps_max or (0.95 if norm == "Linf" else 0.95 * math.sqrt(x[0].numel()))
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
@@ -255,7 +274,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})
 
     torch.manual_seed(settings.seed)
-    report.flags["zero_or_nonfinite_gradients"] = _gradient_flag(model, x, y, eot, settings.max_batch)
+    report.flags["zero_or_nonfinite_gradients"] = gradient_flag(model, x, y, eot, settings.max_batch)
     report.flags["loss_masking_ce_vs_margin"] = _loss_masking_flag(runner, eps, steps, eot, x.shape[0])
 
     eps_acc = [runner.accuracy(e, steps, eot) for e in grid]
