@@ -5,6 +5,9 @@ restart's final iterate (no per-step `keep_best`), and restarts compete by their
 (`selection_draws` fresh passes, attacks.protocol.score_points: fewest correct draws, ties by the larger mean
 margin); only points that every one of the K draws already misclassifies are left out of later restarts.
 FGSM takes one gradient step and selects nothing. Deterministic models keep the cheap one-pass path.
+The judge is the model evaluated, not the one differentiated: with `target: classifier` on a stochastic defence
+the iterates are crafted on the (deterministic) classifier but judged by K draws of the whole defence, since a
+point that barely fools the classifier is the worst one to transfer through the defence's randomness.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, lp_norms, project
+from attacks.base import Attack, PassCounter, lp_norms, project
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
 
@@ -120,9 +123,21 @@ class PGD(Attack):
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else self.eps / 4
 
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """As Attack.__call__; an attack on part of the defence keeps the whole defence as its judge."""
+        judge = PassCounter(model) if self.target != "end_to_end" and is_stochastic(model) else None
+        self.__dict__["judge"] = judge
+        try:
+            return super().__call__(model, x, y)
+        finally:
+            del self.__dict__["judge"]
+            if judge is not None and "counts" in self.__dict__:
+                self.counts["forward_examples"] += judge.forward_examples
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if is_stochastic(model):
-            return self._perturb_stochastic(model, x, y)
+        judge = self.__dict__.get("judge") or model
+        if is_stochastic(judge):
+            return self._perturb_stochastic(model, judge, x, y)
         return self._perturb_deterministic(model, x, y)
 
     def _restart(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -155,7 +170,9 @@ class PGD(Attack):
             fooled[idx] = found | final_wrong
         return best
 
-    def _perturb_stochastic(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _perturb_stochastic(self, model: nn.Module, judge: nn.Module, x: torch.Tensor,
+                            y: torch.Tensor) -> torch.Tensor:
+        """Crafted on `model`, every restart's final iterate judged by K draws of `judge` (the defence)."""
         if self.restarts == 1:  # nothing to select: the final iterate
             return self._restart(model, x, y, keep_best=False)[0]
         best = BestPoints(x)
@@ -164,7 +181,7 @@ class PGD(Attack):
             if todo.numel() == 0:
                 break
             final, _ = self._restart(model, x[todo], y[todo], keep_best=False)
-            best.offer(todo, final, *score_points(model, final, y[todo], self.selection_draws))
+            best.offer(todo, final, *score_points(judge, final, y[todo], self.selection_draws))
         return best.x
 
 

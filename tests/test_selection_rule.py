@@ -18,7 +18,7 @@ import attacks
 from attacks.base import project
 from attacks.gradient import PGD, input_gradient, random_start, steepest_ascent
 from attacks.protocol import evaluate_correctness
-from attacks.toys import LinearClassifier
+from attacks.toys import LinearClassifier, NoisyDefence, toy_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,6 +112,29 @@ def test_pgd_eot_keep_best_on_a_stochastic_model_selects_by_k_draws(noisy_proble
         attacks.build("pgd_eot", selection_draws=0)
     with pytest.raises(ValueError, match="selection_draws must be >= 1"):
         attacks.build("pgd", selection_draws=0)
+
+
+def test_an_attack_on_the_classifier_alone_is_judged_by_the_whole_stochastic_defence(noisy_problem):
+    """Gaussian input noise in front of a linear classifier is noise on its logit (sigma * ||w||_2): crafted on
+    the classifier and judged by the defence, PGD reaches the exact optimum; judged by the deterministic
+    classifier alone (the first iterate that fools it) it stops at the boundary and overstates robustness."""
+    _, x, y, _ = noisy_problem
+    weight = noisy_problem[0].weight
+    classifier = LinearClassifier(torch.stack([torch.zeros(DIM), weight]),
+                                  torch.tensor([0.0, noisy_problem[0].bias])).eval()
+    sigma_x = SIGMA / float(weight.norm())
+    defence = NoisyDefence(classifier, toy_task(side=4, num_classes=2), NoisyDefence.Params(sigma=sigma_x)).eval()
+    exact = NoisyLogit(weight, noisy_problem[0].bias, SIGMA)  # the same law, in closed form
+    optimum = torch.special.ndtr((exact.signed_margin(x, y) - EPS * weight.abs().sum()) / SIGMA)
+    for restarts in (1, 3):
+        torch.manual_seed(6)
+        attack = attacks.build("pgd", eps=EPS, target="classifier", restarts=restarts)
+        x_adv = attack(defence, x, y)
+        torch.testing.assert_close(exact.expected_accuracy(x_adv, y), optimum, atol=1e-5, rtol=0)
+    assert attack.counts["forward_examples"] > attack.counts["backward_examples"]  # the K-draw judging passes
+    torch.manual_seed(6)
+    on_the_classifier = attacks.build("pgd", eps=EPS, target="classifier")._perturb_deterministic(classifier, x, y)
+    assert exact.expected_accuracy(on_the_classifier, y).mean() > optimum.mean() + 0.1
 
 
 # --- deterministic models: the cheap path, exactly as before ------------------------------------------------
