@@ -369,3 +369,58 @@ def test_carso_with_a_mean_of_logits_is_not_flagged(small_carso):
     finally:
         carso.params.aggregation = "double_exp"
     assert not flag.raised, flag.evidence
+
+
+# --- the "still falling" checks, raised (the plain CNN above shows them not raised) -----------------------------
+
+class PeakModel(nn.Module):
+    """Two classes, true class 0, a function of the mean pixel s: class 1 wins only within `width` of s = centre,
+    where the margin peaks. Sign steps oscillate around the peak; only steps finer than the width land in it."""
+
+    def __init__(self, centre: float, width: float):
+        super().__init__()
+        self.centre, self.width = centre, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).mean(1)
+        score = 1 - ((s - self.centre) / self.width) ** 2
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_an_attack_that_needs_more_steps_is_flagged():
+    # 10 steps of 0.05 end alternating 0.04 and 0.01 from the peak, the last one 0.04 away (outside the band);
+    # 20 steps of 0.025 end
+    # inside it
+    x, y = torch.full((4, 1, 4, 4), 0.3), torch.zeros(4, dtype=torch.long)
+    report = attacks.diagnose(PeakModel(0.44, 0.012), x, y, eps=0.2, steps=10, square_queries=5, eps_points=1,
+                              loss="margin")
+    flag = report.flags["still_falling_with_steps"]
+    assert flag.raised and flag.evidence["accuracy"] == 1.0 and flag.evidence["accuracy_doubled"] == 0.0
+
+
+class NoisyGradient(nn.Module):
+    """Deterministic predictions (class-1 logit w.x + b), stochastic gradients (w + sigma * N(0, I) on every pass):
+    the sign of a few-sample gradient is often wrong, so more EOT samples move the point further."""
+
+    stochastic = True
+
+    def __init__(self, weight: torch.Tensor, bias: float, sigma: float):
+        super().__init__()
+        self.weight, self.bias, self.sigma = weight, bias, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        jitter = (self.sigma * torch.randn_like(flat) * flat).sum(1)
+        score = flat @ self.weight + self.bias + jitter - jitter.detach()
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_an_attack_that_needs_more_eot_samples_is_flagged():
+    eps, x, y = 0.1, torch.full((40, 1, 8, 8), 0.5), torch.zeros(40, dtype=torch.long)
+    weight = torch.ones(64)
+    # the true class wins by 0.75 of what the whole eps-ball can take away: only a well-estimated gradient gets there
+    model = NoisyGradient(weight, float(-(x[0].flatten() @ weight) - 0.75 * eps * 64), sigma=3.0)
+    report = attacks.diagnose(model, x, y, eps=eps, steps=10, eot=2, draws=1, square_queries=5, eps_points=1,
+                              loss="margin")
+    flag = report.flags["still_falling_with_eot"]
+    assert flag.raised and flag.evidence["accuracy"] == 1.0 and flag.evidence["accuracy_doubled"] < 0.5
