@@ -389,8 +389,7 @@ class PeakModel(nn.Module):
 
 def test_an_attack_that_needs_more_steps_is_flagged():
     # 10 steps of 0.05 end alternating 0.04 and 0.01 from the peak, the last one 0.04 away (outside the band);
-    # 20 steps of 0.025 end
-    # inside it
+    # 20 steps of 0.025 end inside it
     x, y = torch.full((4, 1, 4, 4), 0.3), torch.zeros(4, dtype=torch.long)
     report = attacks.diagnose(PeakModel(0.44, 0.012), x, y, eps=0.2, steps=10, square_queries=5, eps_points=1,
                               loss="margin")
