@@ -200,6 +200,13 @@ def test_cli_without_a_fitted_stage_says_what_to_do(tmp_path, capsys):
     assert "train_missing=true" in capsys.readouterr().err
 
 
+def test_cli_rejects_an_unknown_loss_before_any_work(tmp_path, capsys):
+    code = main(["grid=demo", "cell=digits/standard/pgd", "loss=hinge", f"results_dir={tmp_path}",
+                 f"artifacts_dir={tmp_path}"])
+    assert code == 2
+    assert "loss='hinge' is not valid; valid: ce, margin, dlr" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_writes_the_diagnostics_file(tmp_path):
     code = main(["grid=demo", "cell=digits/standard/pgd", "n=30", "steps=4", "square_queries=50",
