@@ -169,6 +169,8 @@ def eps_grid(eps: float, eps_max: float, points: int) -> list[float]:
 
 def gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
                    max_batch: int | None) -> Flag:
+    """`zero_or_nonfinite_gradients`: raised where the EOT input gradient of the margin loss or of cross-entropy
+    is exactly zero, or either is not finite, on any point."""
     margin = eot_gradient(model, x, y, eot, "margin", max_batch).grad.flatten(1)
     cross_entropy = eot_gradient(model, x, y, eot, "ce", max_batch).grad.flatten(1)
     zero_margin = (margin == 0).all(1)
