@@ -1,13 +1,15 @@
 """BPDA+EOT: PGD+EOT through a purifier whose gradient is replaced by the identity (Athalye et al. 2018).
 
-The forward pass is the defence's own: `classify(purify(x))`, with fresh randomness on every pass. In the
-backward pass the purifier is skipped: the gradient w.r.t. the purified image is used as the gradient w.r.t.
-x. EOT over the defence's randomness is batched exactly as in `pgd_eot` (attacks/eot.py), whose defaults
-(200 steps, 0.007, EOT 20, no random start) BPDA+EOT keeps.
+The forward pass is the defence's own, with fresh randomness on every pass; in the backward pass the purifier
+is skipped: the gradient w.r.t. the purified image is used as the gradient w.r.t. x. A defence says how with
+`bpda_forward(x)` (defences/base.py: `classify(purify(x))` with the identity for purify, by default; CARSO
+classifies and aggregates all of its decoded samples exactly as its forward does). EOT over the defence's
+randomness is batched exactly as in `pgd_eot` (attacks/eot.py), whose defaults (200 steps, 0.007, EOT 20,
+no random start) BPDA+EOT keeps.
 
-`purify` may return images shaped like x, or k purified copies per input stacked copy-major
-((k*B, ...) as `x.repeat(k, ...)`, or (k, B, ...)), which `classify` then aggregates; the identity gradient
-of every copy flows back to its input.
+For a module without `bpda_forward`, `purify` may return images shaped like x, or k purified copies per
+input stacked copy-major ((k*B, ...) as `x.repeat(k, ...)`, or (k, B, ...)), which `classify` then
+aggregates; the identity gradient of every copy flows back to its input.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class IdentityGradientPurifier(nn.Module):
         return bool(getattr(self.defence, "stochastic", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hook = getattr(self.defence, "bpda_forward", None)
+        if callable(hook):
+            return hook(x)
         with torch.no_grad():
             purified = self.defence.purify(x)
         return self.defence.classify(straight_through(x, purified))

@@ -2,8 +2,11 @@
 "indicators of attack failure"): `diagnose(model, x, y, eps, norm, **budget) -> DiagnosticReport`.
 
 Every flag is named, raised or not, and carries the evidence behind it:
-- `zero_or_nonfinite_gradients`: input gradients of the margin loss (and of cross-entropy) that are exactly
-  zero or not finite (a quantising or otherwise non-differentiable layer);
+- `zero_or_nonfinite_gradients`: input gradients of the margin loss or of cross-entropy that are exactly
+  zero or not finite (a quantising or otherwise non-differentiable layer; a saturated aggregation, such as
+  CARSO's double exponential, that leaves cross-entropy's gradient exactly 0);
+- `loss_masking_ce_vs_margin`: the white-box attack on cross-entropy and on the margin (or DLR) loss, same
+  budget, disagree beyond their Wilson 95% intervals: the loss that leaves accuracy higher is masked;
 - `not_below_chance_at_large_eps`: the white-box attack does not push accuracy below chance (1 / classes)
   as eps grows to `eps_max` (0.95 under Linf, as in CARSO's Table 3 sanity check);
 - `still_falling_with_steps` / `still_falling_with_eot`: accuracy still drops by more than `tolerance` when
@@ -15,8 +18,10 @@ Every flag is named, raised or not, and carries the evidence behind it:
 - `identical_copies_in_batch`: a stochastic model gives copies of one input in one batch identical outputs
   (its randomness is drawn per batch), which makes batched EOT degenerate.
 
-The white-box attack is PGD+EOT (attacks/eot.py) without random start, step size 2.5 * eps / steps (so the
-steps-doubling check halves the step), K-draw correctness (attacks/protocol.py) for every accuracy.
+The white-box attack is PGD+EOT (attacks/eot.py) on the cell's `loss` (the curves and the convergence checks)
+and on the other loss family (ce vs margin/dlr, for the masking check), without random start, step size
+2.5 * eps / steps (so the steps-doubling check halves the step), K-draw correctness (attacks/protocol.py) for
+every accuracy.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ import torch
 from torch import nn
 
 from attacks.eot import EOTPGD, eot_gradient
+from attacks.losses import check_loss
 from attacks.protocol import evaluate_correctness, summarise_draws
 from bench.progress import Progress
+from bench.stats import wilson_interval
 
 LOG = logging.getLogger("attacks.diagnostics")
 FLAGS = (
-    "zero_or_nonfinite_gradients", "not_below_chance_at_large_eps", "still_falling_with_steps",
-    "still_falling_with_eot", "black_box_beats_white_box", "silent_success", "unstable_deterministic_predictions",
-    "identical_copies_in_batch",
+    "zero_or_nonfinite_gradients", "loss_masking_ce_vs_margin", "not_below_chance_at_large_eps",
+    "still_falling_with_steps", "still_falling_with_eot", "black_box_beats_white_box", "silent_success",
+    "unstable_deterministic_predictions", "identical_copies_in_batch",
 )
 MAX_LISTED = 20  # example indices listed in a flag's evidence
 
@@ -46,7 +53,8 @@ MAX_LISTED = 20  # example indices listed in a flag's evidence
 @dataclass
 class Budget:
     """What the diagnostics spend. None means: eot 1 / draws 1 for deterministic models, 10 / 8 otherwise;
-    eps_max 0.95 under Linf and 0.95 * sqrt(input size) under L2; step size 2.5 * eps / steps."""
+    eps_max 0.95 under Linf and 0.95 * sqrt(input size) under L2; step size 2.5 * eps / steps. `loss` is the
+    evaluated attack's (ce, margin or dlr); the masking check adds the other family."""
 
     steps: int = 20
     step_size: float | None = None
@@ -58,8 +66,10 @@ class Budget:
     tolerance: float = 0.02
     max_batch: int | None = None
     seed: int = 0
+    loss: str = "ce"
 
     def __post_init__(self) -> None:
+        check_loss(self.loss)
         for name in ("steps", "square_queries", "eps_points"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -116,31 +126,32 @@ class _Runner:
                  draws: int, main_eps: float, progress: Progress):
         self.model, self.x, self.y, self.norm, self.budget = model, x, y, norm, budget
         self.eot, self.draws, self.main_eps, self.progress = eot, draws, main_eps, progress
-        self.cache: dict[tuple[float, int, int], dict[str, torch.Tensor]] = {}
+        self.cache: dict[tuple[float, int, int, str], dict[str, torch.Tensor]] = {}
 
     def step_size(self, eps: float, steps: int) -> float:
         if self.budget.step_size is not None:  # given for the main eps and steps: scaled with both
             return self.budget.step_size * (eps / self.main_eps) * (self.budget.steps / steps)
         return 2.5 * eps / steps
 
-    def run(self, eps: float, steps: int, eot: int) -> dict[str, torch.Tensor]:
-        key = (round(eps, 12), steps, eot)
+    def run(self, eps: float, steps: int, eot: int, loss: str | None = None) -> dict[str, torch.Tensor]:
+        loss = loss or self.budget.loss
+        key = (round(eps, 12), steps, eot, loss)
         if key not in self.cache:
             torch.manual_seed(self.budget.seed)
             if eps > 0:
                 attack = EOTPGD(eps=eps, norm=self.norm, steps=steps, step_size=self.step_size(eps, steps),
-                                eot=eot, random_start=False, max_batch=self.budget.max_batch)
+                                eot=eot, random_start=False, loss=loss, max_batch=self.budget.max_batch)
                 x_adv, trace = attack.run(self.model, self.x, self.y)
             else:  # no budget: the clean points
                 x_adv, trace = self.x, torch.ones(1, self.x.shape[0], device=self.x.device)
             correct = evaluate_correctness(self.model, x_adv, self.y, self.draws)
             self.cache[key] = {"x_adv": x_adv, "trace": trace, "correct": correct,
                                "majority": summarise_draws(correct)["majority"]}
-            self.progress.update(eps=eps, steps=steps, eot=eot)
+            self.progress.update(eps=eps, steps=steps, eot=eot, loss=loss)
         return self.cache[key]
 
-    def accuracy(self, eps: float, steps: int, eot: int) -> float:
-        return summarise_draws(self.run(eps, steps, eot)["correct"])["single"].mean().item()
+    def accuracy(self, eps: float, steps: int, eot: int, loss: str | None = None) -> float:
+        return summarise_draws(self.run(eps, steps, eot, loss)["correct"])["single"].mean().item()
 
 
 def _indices(mask: torch.Tensor) -> list[int]:
@@ -156,8 +167,10 @@ def eps_grid(eps: float, eps_max: float, points: int) -> list[float]:
     return sorted({0.0, eps, *[round(v, 6) for v in values]})
 
 
-def _gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
+def gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
                    max_batch: int | None) -> Flag:
+    """`zero_or_nonfinite_gradients`: raised where the EOT input gradient of the margin loss or of cross-entropy
+    is exactly zero, or either is not finite, on any point."""
     margin = eot_gradient(model, x, y, eot, "margin", max_batch).grad.flatten(1)
     cross_entropy = eot_gradient(model, x, y, eot, "ce", max_batch).grad.flatten(1)
     zero_margin = (margin == 0).all(1)
@@ -165,11 +178,26 @@ def _gradient_flag(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int,
     nonfinite = ~torch.isfinite(margin).all(1) | ~torch.isfinite(cross_entropy).all(1)
     norms = margin.norm(dim=1)
     finite_norms = norms[torch.isfinite(norms)]
+    failing = zero_margin | zero_ce | nonfinite
     evidence = {"zero_margin_gradient": int(zero_margin.sum()), "zero_ce_gradient": int(zero_ce.sum()),
                 "nonfinite_gradient": int(nonfinite.sum()), "n": x.shape[0],
                 "median_margin_gradient_l2": finite_norms.median().item() if finite_norms.numel() else float("nan"),
-                "examples": _indices(zero_margin | nonfinite)}
-    return Flag(raised=bool((zero_margin | nonfinite).any()), evidence=evidence)
+                "examples": _indices(failing)}
+    return Flag(raised=bool(failing.any()), evidence=evidence)
+
+
+def _loss_masking_flag(runner: _Runner, eps: float, steps: int, eot: int, n: int) -> Flag:
+    """CE against the margin family (the cell's margin or DLR loss, else margin), same points and budget: raised
+    when their Wilson 95% intervals do not overlap."""
+    other = runner.budget.loss if runner.budget.loss != "ce" else "margin"
+    accuracy = {"ce": runner.accuracy(eps, steps, eot, "ce"), other: runner.accuracy(eps, steps, eot, other)}
+    intervals = {loss: wilson_interval(acc * n, n) for loss, acc in accuracy.items()}
+    disjoint = intervals["ce"][0] > intervals[other][1] or intervals[other][0] > intervals["ce"][1]
+    masked = "ce" if accuracy["ce"] > accuracy[other] else other
+    evidence = {"ce_accuracy": accuracy["ce"], "ce_interval": list(intervals["ce"]), "margin_loss": other,
+                "margin_accuracy": accuracy[other], "margin_interval": list(intervals[other]), "n": n,
+                "eps": eps, "steps": steps, "eot": eot, "masked_loss": masked if disjoint else None}
+    return Flag(raised=disjoint, evidence=evidence)
 
 
 @torch.no_grad()
@@ -198,23 +226,42 @@ def _stability_flags(model: nn.Module, x: torch.Tensor, stochastic: bool, passes
     return flags
 
 
-def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
-             stochastic: bool | None = None, **budget: Any) -> DiagnosticReport:
-    """Run every check on (x, y) at `eps`. `stochastic` defaults to the model's own `stochastic` attribute;
-    `budget` sets the fields of `Budget` (steps, step_size, eot, draws, square_queries, eps_max, eps_points,
-    tolerance, max_batch, seed)."""
-    from attacks.autoattack import Square
-
+def _check_inputs(eps: float, norm: str) -> None:
     if norm not in ("Linf", "L2"):
         raise ValueError(f"norm={norm!r} is not supported; valid: Linf, L2")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def _eot_and_draws(settings: Budget, stochastic: bool) -> tuple[int, int]:
+    return settings.eot or (10 if stochastic else 1), settings.draws or (8 if stochastic else 1)
+
+
+def check_loss_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+                       stochastic: bool | None = None, **budget: Any) -> Flag:
+    """The `loss_masking_ce_vs_margin` check alone (two white-box runs), with `diagnose`'s budget fields."""
+    _check_inputs(eps, norm)
+    settings = Budget(**budget)
+    stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
+    eot, draws = _eot_and_draws(settings, stochastic)
+    runner = _Runner(model, x.detach(), y.detach(), norm, settings, eot, draws, eps,
+                     Progress("loss masking", 2, LOG, every_s=20.0, unit="runs"))
+    return _loss_masking_flag(runner, eps, settings.steps, eot, x.shape[0])
+
+
+def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+             stochastic: bool | None = None, **budget: Any) -> DiagnosticReport:
+    """Run every check on (x, y) at `eps`. `stochastic` defaults to the model's own `stochastic` attribute;
+    `budget` sets the fields of `Budget` (steps, step_size, eot, draws, square_queries, eps_max, eps_points,
+    tolerance, max_batch, seed, loss)."""
+    from attacks.autoattack import Square
+
+    _check_inputs(eps, norm)
     settings = Budget(**budget)
     started = time.time()
     x, y = x.detach(), y.detach()
     stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
-    eot = settings.eot or (10 if stochastic else 1)
-    draws = settings.draws or (8 if stochastic else 1)
+    eot, draws = _eot_and_draws(settings, stochastic)
     eps_max = settings.eps_max or (0.95 if norm == "Linf" else 0.95 * math.sqrt(x[0].numel()))
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
@@ -222,14 +269,15 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     grid = eps_grid(eps, eps_max, settings.eps_points)
     step_counts = sorted({max(1, steps // 2), steps, 2 * steps})
     eot_counts = sorted({max(1, eot // 2), eot, 2 * eot}) if stochastic else [eot]
-    planned = len(grid) + len(step_counts) + len(eot_counts) - 2
+    planned = len(grid) + len(step_counts) + len(eot_counts) - 1
     progress = Progress("diagnose", planned + 1, LOG, every_s=20.0, unit="runs")
     runner = _Runner(model, x, y, norm, settings, eot, draws, eps, progress)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})
 
     torch.manual_seed(settings.seed)
-    report.flags["zero_or_nonfinite_gradients"] = _gradient_flag(model, x, y, eot, settings.max_batch)
+    report.flags["zero_or_nonfinite_gradients"] = gradient_flag(model, x, y, eot, settings.max_batch)
+    report.flags["loss_masking_ce_vs_margin"] = _loss_masking_flag(runner, eps, steps, eot, x.shape[0])
 
     eps_acc = [runner.accuracy(e, steps, eot) for e in grid]
     report.curves["eps"] = {"x": grid, "acc": eps_acc}

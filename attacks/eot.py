@@ -4,6 +4,10 @@
 sum of the per-sample cross-entropies, a sign step (Linf), no random start, and the final iterate as the
 result. Every setting is a field.
 
+`keep_best` selects an iterate: on a deterministic model by the EOT samples the step computed anyway; on a
+stochastic model by `selection_draws` fresh passes per iterate (attacks.protocol.score_points: fewest correct
+draws, ties by the larger mean margin), never by the one noisy pass that also gave the gradient.
+
 Batched EOT: the EOT copies of a batch are stacked into one forward/backward pass (`x.repeat(k, ...)`),
 chunked so that no pass holds more than `max_batch` examples. On a GPU large chunks are the win; on a
 couple of CPU cores smaller ones are often faster, hence the device-dependent default. Stacking copies
@@ -19,8 +23,9 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, project
-from attacks.gradient import random_start, steepest_ascent
-from attacks.losses import LOSSES, attack_loss
+from attacks.gradient import BestPoints, check_selection_draws, is_stochastic, random_start, steepest_ascent
+from attacks.losses import attack_loss, check_loss
+from attacks.protocol import score_points
 
 # Examples per forward/backward pass when `max_batch` is not given: on a GPU, up to 8192 (all EOT copies of a
 # batch at once where they fit); on a CPU, the batch itself (one EOT copy per pass, as a loop would): with 2
@@ -83,8 +88,9 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
 @dataclass
 class EOTPGD(Attack):
     """PGD+EOT (Lee & Kim 2023 defaults). `step_size=None`: 0.007 under Linf; under L2 the same fraction of eps
-    (0.007 / (8/255) * eps). With `keep_best` each example keeps the iterate whose EOT samples were least often
-    correct (free: the EOT logits are computed anyway) instead of the final one; the paper uses the final one.
+    (0.007 / (8/255) * eps). With `keep_best` each example keeps its best iterate instead of the final one (the
+    paper uses the final one): judged by the EOT samples on a deterministic model, by `selection_draws` fresh
+    passes per iterate on a stochastic one. `loss`: ce (the paper's), margin or dlr.
     `max_batch=None` is the device default (`default_max_batch`): all copies at once on a GPU (up to 8192
     examples per pass), one EOT copy of the batch per pass on a CPU.
     """
@@ -96,11 +102,14 @@ class EOTPGD(Attack):
     loss: str = "ce"
     keep_best: bool = False
     max_batch: int | None = None
+    selection_draws: int = 8
+
+    code_version = "2"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not valid; valid: {', '.join(LOSSES)}")
+        check_loss(self.loss)
+        check_selection_draws(self.selection_draws)
         if self.steps < 1 or self.eot < 1:
             raise ValueError(f"steps and eot must be >= 1, got steps={self.steps}, eot={self.eot}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -119,6 +128,8 @@ class EOTPGD(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The attack's result and its trace: [steps, B] fraction of EOT samples correct at each iterate."""
+        if self.keep_best and is_stochastic(model):
+            return self._run_scored(model, x, y)
         x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
         trace = torch.zeros(self.steps, x.shape[0], device=x.device)
         best, best_rate = x_adv.clone(), torch.full((x.shape[0],), 2.0, device=x.device)
@@ -137,6 +148,19 @@ class EOTPGD(Attack):
             best[better] = x_adv[better]
             return best, trace
         return x_adv, trace
+
+    def _run_scored(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keep_best on a stochastic model: every iterate (and the final one) scored by fresh K-draw passes."""
+        x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+        trace = torch.zeros(self.steps, x.shape[0], device=x.device)
+        best, everyone = BestPoints(x_adv), torch.arange(x.shape[0], device=x.device)
+        for step in range(self.steps):
+            estimate = eot_gradient(model, x_adv, y, self.eot, self.loss, self.max_batch)
+            trace[step] = estimate.correct.float().mean(0)
+            best.offer(everyone, x_adv, *score_points(model, x_adv, y, self.selection_draws, self.max_batch))
+            x_adv = project(x_adv + self.alpha * steepest_ascent(estimate.grad, self.norm), x, self.eps, self.norm)
+        best.offer(everyone, x_adv, *score_points(model, x_adv, y, self.selection_draws, self.max_batch))
+        return best.x, trace
 
 
 @torch.no_grad()

@@ -1,4 +1,14 @@
-"""First-order white-box attacks: FGSM, PGD and CW-k (PGD on the margin loss); Linf and L2, random start, restarts."""
+"""First-order white-box attacks: FGSM, PGD and CW-k (PGD on the margin loss); Linf and L2, random start, restarts.
+
+Stochastic models (`model.stochastic`): nothing is decided from one noisy forward pass. PGD keeps each
+restart's final iterate (no per-step `keep_best`), and restarts compete by their K-draw score
+(`selection_draws` fresh passes, attacks.protocol.score_points: fewest correct draws, ties by the larger mean
+margin); only points that every one of the K draws already misclassifies are left out of later restarts.
+FGSM takes one gradient step and selects nothing. Deterministic models keep the cheap one-pass path.
+The judge is the model evaluated, not the one differentiated: with `target: classifier` on a stochastic defence
+the iterates are crafted on the (deterministic) classifier but judged by K draws of the whole defence, since a
+point that barely fools the classifier is the worst one to transfer through the defence's randomness.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, lp_norms, project
-from attacks.losses import LOSSES, attack_loss
+from attacks.base import Attack, PassCounter, lp_norms, project
+from attacks.losses import attack_loss, check_loss
+from attacks.protocol import score_points
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -38,16 +49,42 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
     return grad, logits.detach()
 
 
+def is_stochastic(model: nn.Module) -> bool:
+    return bool(getattr(model, "stochastic", False))
+
+
+class BestPoints:
+    """Per example, the candidate that the fewest of K draws classify correctly, ties by the larger mean margin
+    (the rule of the AutoAttack driver). Starts empty: the first candidate offered is always taken."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.clone()
+        self.rate = torch.full((x.shape[0],), float("inf"), device=x.device)
+        self.margin = torch.full((x.shape[0],), float("-inf"), device=x.device)
+
+    def offer(self, index: torch.Tensor, candidate: torch.Tensor, rate: torch.Tensor, margin: torch.Tensor) -> None:
+        """Candidates for the examples `index` with their K-draw correct rates and mean margins."""
+        better = (rate < self.rate[index]) | ((rate == self.rate[index]) & (margin > self.margin[index]))
+        chosen = index[better]
+        self.x[chosen], self.rate[chosen], self.margin[chosen] = candidate[better], rate[better], margin[better]
+
+
+def check_selection_draws(draws: int) -> None:
+    if draws < 1:
+        raise ValueError(f"selection_draws must be >= 1, got {draws}")
+
+
 @dataclass
 class FGSM(Attack):
-    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps (normalised step for L2)."""
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps (normalised step for L2).
+
+    One gradient, no selection: the same on deterministic and stochastic models."""
 
     loss: str = "ce"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not valid; valid: {', '.join(LOSSES)}")
+        check_loss(self.loss)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grad, _ = input_gradient(model, x, y, self.loss)
@@ -58,10 +95,14 @@ class FGSM(Attack):
 class PGD(Attack):
     """Projected gradient descent (Madry et al. 2018) with random start and restarts.
 
-    step_size defaults to eps/4 (2.5 * eps / 10, Madry's ratio for 10 steps). With `keep_best`, an example
-    keeps the first iterate that the model misclassified (a valid adversarial example found on the way);
-    without it, the final iterate of each restart is used, as in the classic formulation.
+    step_size defaults to eps/4 (2.5 * eps / 10, Madry's ratio for 10 steps). On a deterministic model, with
+    `keep_best` an example keeps the first iterate that the model misclassified (a valid adversarial example
+    found on the way) and later restarts skip it; without it, the final iterate of each restart is used, as in
+    the classic formulation. On a stochastic model (see the module docstring) each restart's final iterate is
+    kept and restarts compete by `selection_draws` fresh passes; `keep_best` does not apply there.
     """
+
+    code_version = "2"
 
     steps: int = 10
     step_size: float | None = None
@@ -69,42 +110,79 @@ class PGD(Attack):
     random_start: bool = True
     loss: str = "ce"
     keep_best: bool = True
+    selection_draws: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r} is not valid; valid: {', '.join(LOSSES)}")
+        check_loss(self.loss)
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}")
+        check_selection_draws(self.selection_draws)
 
     @property
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else self.eps / 4
 
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """As Attack.__call__; an attack on part of the defence keeps the whole defence as its judge."""
+        judge = PassCounter(model) if self.target != "end_to_end" and is_stochastic(model) else None
+        self.__dict__["judge"] = judge
+        try:
+            return super().__call__(model, x, y)
+        finally:
+            del self.__dict__["judge"]
+            if judge is not None and "counts" in self.__dict__:
+                self.counts["forward_examples"] += judge.forward_examples
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        judge = self.__dict__.get("judge") or model
+        if is_stochastic(judge):
+            return self._perturb_stochastic(model, judge, x, y)
+        return self._perturb_deterministic(model, x, y)
+
+    def _restart(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 keep_best: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One run from a (random) start: the first misclassified iterate where `keep_best` found one, else the
+        final iterate; and whether one was found."""
+        x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        kept = x_adv.clone()
+        for _ in range(self.steps):
+            grad, logits = input_gradient(model, x_adv, y, self.loss)
+            if keep_best:
+                newly = (logits.argmax(1) != y) & ~found
+                kept[newly], found = x_adv[newly], found | newly
+            x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
+        return torch.where(found.view(-1, *([1] * (x.dim() - 1))), kept, x_adv), found
+
+    def _perturb_deterministic(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         best = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             todo = ~fooled
             if not todo.any():
                 break
-            x_r, y_r = x[todo], y[todo]
-            x_adv = random_start(x_r, self.eps, self.norm) if self.random_start else x_r.clone()
-            found = torch.zeros(x_r.shape[0], dtype=torch.bool, device=x.device)
-            kept = x_adv.clone()
-            for _ in range(self.steps):
-                grad, logits = input_gradient(model, x_adv, y_r, self.loss)
-                if self.keep_best:
-                    newly = (logits.argmax(1) != y_r) & ~found
-                    kept[newly], found = x_adv[newly], found | newly
-                x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm), x_r, self.eps, self.norm)
+            final, found = self._restart(model, x[todo], y[todo], self.keep_best)
             with torch.no_grad():
-                final_wrong = model(x_adv).argmax(1) != y_r
-            final = torch.where(found.view(-1, *([1] * (x.dim() - 1))), kept, x_adv)
+                final_wrong = model(final).argmax(1) != y[todo]
             idx = todo.nonzero().squeeze(1)
             best[idx] = final
             fooled[idx] = found | final_wrong
         return best
+
+    def _perturb_stochastic(self, model: nn.Module, judge: nn.Module, x: torch.Tensor,
+                            y: torch.Tensor) -> torch.Tensor:
+        """Crafted on `model`, every restart's final iterate judged by K draws of `judge` (the defence)."""
+        if self.restarts == 1:  # nothing to select: the final iterate
+            return self._restart(model, x, y, keep_best=False)[0]
+        best = BestPoints(x)
+        for _ in range(self.restarts):
+            todo = (best.rate > 0).nonzero().squeeze(1)  # still correct on some of the K draws
+            if todo.numel() == 0:
+                break
+            final, _ = self._restart(model, x[todo], y[todo], keep_best=False)
+            best.offer(todo, final, *score_points(judge, final, y[todo], self.selection_draws))
+        return best.x
 
 
 @dataclass
@@ -112,7 +190,7 @@ class CW(PGD):
     """CW-k: PGD on the Carlini-Wagner margin loss (best other logit minus the true one), Linf or L2.
 
     The papers' "CW-100" under Linf: 100 steps. step_size defaults to eps/10 (a 100-step budget travels
-    the ball ten times over); random start, restarts and keep_best as in `pgd`.
+    the ball ten times over); random start, restarts, keep_best and the stochastic rule as in `pgd`.
     """
 
     steps: int = 100

@@ -6,6 +6,15 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("ce", "margin", "dlr")
+# DLR divides by (largest - third largest logit): it needs a third class.
+MIN_CLASSES = {"ce": 2, "margin": 2, "dlr": 3}
+
+
+def check_loss(loss: str, key: str = "loss") -> str:
+    """`loss` itself, or a ValueError naming the key, the value and the valid losses."""
+    if loss not in LOSSES:
+        raise ValueError(f"{key}={loss!r} is not valid; valid: {', '.join(LOSSES)}")
+    return loss
 
 
 def _true_and_best_other(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,13 +25,14 @@ def _true_and_best_other(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-example loss to maximise; an example is misclassified where margin > 0."""
+    check_loss(loss)
+    if logits.shape[1] < MIN_CLASSES[loss]:
+        raise ValueError(f"loss={loss!r} needs at least {MIN_CLASSES[loss]} classes, the model has "
+                         f"{logits.shape[1]}; use loss='margin' or 'ce'")
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
+    true, other = _true_and_best_other(logits, y)
     if loss == "margin":
-        true, other = _true_and_best_other(logits, y)
         return other - true
-    if loss == "dlr":
-        true, other = _true_and_best_other(logits, y)
-        ordered = logits.sort(dim=1, descending=True).values
-        return (other - true) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
-    raise ValueError(f"loss={loss!r} is not valid; valid: {', '.join(LOSSES)}")
+    ordered = logits.sort(dim=1, descending=True).values
+    return (other - true) / (ordered[:, 0] - ordered[:, 2] + 1e-12)

@@ -4,8 +4,9 @@ results/<grid>/diagnostics/<scenario>.<defence>.<attack>.s<seed>.json.
 
 The diagnostics attack what the cell's attack attacks (the whole defence, its classifier alone for
 `target: classifier`, the identity-gradient view for `bpda_eot`), at the cell's eps and norm, with the cell's
+loss (ce for attacks without one, such as aa and randaa; the masking check adds the other loss family) and
 steps / EOT / max_batch unless given here, and K = the grid's eval draws. Budget keys: steps, step_size, eot,
-draws, square_queries, eps_max, eps_points, tolerance, max_batch. Any other key=value is a bench.run setting
+draws, square_queries, eps_max, eps_points, tolerance, max_batch, loss. Any other key=value is a bench.run setting
 (results_dir, artifacts_dir, device, defences.<key>.<setting>, ...). A missing training stage is an error
 unless `train_missing=true`, which fits it first (as bench.run would).
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import attacks
 from attacks.diagnostics import Budget
+from attacks.losses import LOSSES
 from bench import records
 from bench.config import ConfigError, compose, parse_overrides
 from bench.grid import EvalCell, Plan, expand
@@ -55,10 +57,11 @@ def find_cell(plan: Plan, spec: str, seed: int | None) -> EvalCell:
     return matches[0]
 
 
-def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, Any]) -> dict[str, Any]:
-    """The diagnostics budget: the cell attack's steps / EOT / max_batch, the grid's draws, then `given`."""
+def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, Any],
+                loss: str = "ce") -> dict[str, Any]:
+    """The diagnostics budget: the cell attack's loss / steps / EOT / max_batch, the grid's draws, then `given`."""
     params = cell.attack_params
-    budget: dict[str, Any] = {"draws": draws, "seed": cell.seed}
+    budget: dict[str, Any] = {"draws": draws, "seed": cell.seed, "loss": loss}
     steps = params.get("steps", params.get("apgd_steps"))
     if steps:
         budget["steps"] = int(steps)
@@ -88,6 +91,8 @@ def run(argv: list[str]) -> Path:
             rest.append(item)
     if "cell" not in own:
         raise ConfigError("name the cell: cell=<key> or cell=<scenario>/<defence>/<attack>")
+    if "loss" in budget and budget["loss"] not in LOSSES:
+        raise ConfigError(f"loss={budget['loss']!r} is not valid; valid: {', '.join(LOSSES)}")
     config = compose(rest)
     options = dict(config.options)
     options["scenario_overrides"] = config.scenario_overrides
@@ -112,7 +117,7 @@ def run(argv: list[str]) -> Path:
     surface = attack.surface(defence)
     stochastic = bool(getattr(surface, "stochastic", False))
     draws = int(cell.eval["stochastic_draws"] if stochastic else cell.eval["draws"])
-    settings = cell_budget(cell, stochastic, draws, budget)
+    settings = cell_budget(cell, stochastic, draws, budget, loss=getattr(attack, "loss", "ce"))
     LOG.info("diagnosing %s on n=%d with %s", cell.label, len(labels), settings)
     seed_everything(cell.seed)
     report = attacks.diagnose(surface, images.to(device), labels.to(device), attack.eps, attack.norm,

@@ -116,6 +116,15 @@ class Defence(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
 
+    def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass BPDA attacks (attacks/bpda.py): this defence's output, with the purifier's gradient
+        replaced by the identity. Defences whose forward is more than classify(purify(x)) override it."""
+        from attacks.bpda import straight_through
+
+        with torch.no_grad():
+            purified = self.purify(x)
+        return self.classify(straight_through(x, purified))
+
     # --- fitting ---------------------------------------------------------------------------------
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
         """Fit the defence on the training split; returns a JSON-able summary (losses, accuracies, time)."""

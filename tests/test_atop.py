@@ -65,10 +65,11 @@ def state_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 # --- random transforms ---------------------------------------------------------------------------
 
-def test_rt1_missing_fraction_and_patch_geometry():
+def test_fixed_count_masks_remove_exactly_r_of_the_patches_and_respect_the_geometry():
     grid = PatchGrid.for_image(32, 32, 8)
     assert (grid.patch_h, grid.patch_w, grid.count) == (4, 4, 64)  # p = side / 8
-    masks = random_patch_mask(50, grid, 0.25, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = random_patch_mask(50, grid, 0.25, torch.device("cpu"), torch.Generator().manual_seed(0),
+                              mode="fixed_count")
     assert masks.shape == (50, 1, 32, 32)
     assert set(masks.unique().tolist()) == {0.0, 1.0}
     # exactly 16 of the 64 4x4 patches are missing in every example: a missing fraction of exactly r
@@ -76,6 +77,45 @@ def test_rt1_missing_fraction_and_patch_geometry():
     patches = masks.view(50, 8, 4, 8, 4)
     assert torch.equal(patches.amin(dim=(2, 4)), patches.amax(dim=(2, 4)))  # constant on each patch
     assert torch.equal((1 - patches.amin(dim=(2, 4))).sum(dim=(1, 2)), torch.full((50,), 16.0))
+
+
+def binomial_bounds(trials: int, p: float, alpha: float = 1e-6) -> tuple[int, int]:
+    """Counts outside [low, high] have probability < alpha under Binomial(trials, p) (exact quantiles)."""
+    from scipy.stats import binom
+
+    return int(binom.ppf(alpha / 2, trials, p)), int(binom.isf(alpha / 2, trials, p))
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.6])
+def test_bernoulli_masks_drop_each_patch_independently_with_probability_r(rate):
+    """The paper's law (and the default): patch-missing counts follow the exact binomial laws it implies."""
+    grid, batch = PatchGrid.for_image(32, 32, 8), 2000
+    masks = random_patch_mask(batch, grid, rate, torch.device("cpu"), torch.Generator().manual_seed(2))
+    patches = masks.view(batch, 8, 4, 8, 4)
+    assert torch.equal(patches.amin(dim=(2, 4)), patches.amax(dim=(2, 4)))  # whole patches
+    missing = (1 - patches.amin(dim=(2, 4))).flatten(1)  # (B, 64)
+    low, high = binomial_bounds(batch * 64, rate)
+    assert low <= int(missing.sum()) <= high                 # all patches together: Binomial(64 B, r)
+    low, high = binomial_bounds(batch, rate, alpha=1e-6 / 64)
+    per_position = missing.sum(0)
+    assert ((per_position >= low) & (per_position <= high)).all()  # every position: Binomial(B, r)
+    per_example = missing.sum(1)
+    assert len(per_example.unique()) > 5                      # the count varies: not a fixed number per example
+    # independence across the patches of one example: the variance of the count is 64 r (1 - r)
+    assert per_example.var().item() == pytest.approx(64 * rate * (1 - rate), rel=0.15)
+
+
+def test_atop_uses_bernoulli_masks_by_default_and_fixed_count_on_request():
+    assert RandomTransform().mask_mode == "bernoulli"
+    assert defences.build("atop", classifier=make_classifier(), task=TASK).transform.mask_mode == "bernoulli"
+    fixed = defences.build("atop", classifier=make_classifier(), task=TASK, mask_mode="fixed_count")
+    masks = fixed.transform.sample_masks(torch.rand(20, *TASK.image_shape), torch.Generator().manual_seed(0))
+    missing = (1 - masks[0]).mean(dim=(1, 2, 3))
+    assert torch.allclose(missing, torch.full((20,), round(0.25 * 64) / 64))
+    with pytest.raises(ValueError, match="mask_mode='exact' is not valid; valid: bernoulli, fixed_count"):
+        defences.build("atop", classifier=make_classifier(), task=TASK, mask_mode="exact")
+    with pytest.raises(ValueError, match="mask_mode="):
+        RandomTransform(mask_mode="exact")
 
 
 def test_patch_grid_on_a_side_not_divisible_by_8():

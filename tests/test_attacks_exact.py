@@ -189,3 +189,30 @@ def test_bpda_straight_through_is_the_purified_value_with_the_identity_gradient(
     assert torch.allclose(grad, upstream[:3] + upstream[3:])
     with pytest.raises(ValueError, match="purify returned shape"):
         straight_through(x, torch.rand(3, 1, 3, 3))
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "cw", "pgd_eot", "bpda_eot"])
+def test_every_gradient_attack_takes_each_loss_and_rejects_others(problem, name):
+    for loss in ("ce", "margin", "dlr"):
+        assert attacks.build(name, loss=loss).loss == loss
+    with pytest.raises(ValueError, match="loss='hinge' is not valid; valid: ce, margin, dlr"):
+        attacks.build(name, loss="hinge")
+    two_classes = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    if name == "bpda_eot":
+        from attacks.toys import toy_task
+
+        two_classes = Defence(two_classes, toy_task(side=6, num_classes=2), None)
+    attack = attacks.build(name, eps=0.1, loss="dlr", **({"steps": 1} if name != "fgsm" else {}))
+    with pytest.raises(ValueError, match="loss='dlr' needs at least 3 classes, the model has 2"):
+        attack(two_classes, problem["x"][:4], torch.zeros(4, dtype=torch.long))
+
+
+def test_margin_and_dlr_reach_the_exact_robust_accuracy_too(problem):
+    for loss in ("margin", "dlr"):
+        torch.manual_seed(0)
+        attack = attacks.build("pgd", eps=EPS[problem["norm"]], norm=problem["norm"], steps=20, loss=loss)
+        x_adv = attack(problem["model"], problem["x"], problem["y"])
+        with torch.no_grad():
+            robust = problem["model"](x_adv).argmax(1) == problem["y"]
+        assert not bool((problem["exact"] & ~robust).any())
+        assert int(robust.sum()) - int(problem["exact"].sum()) <= 1, (loss, int(robust.sum()))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import attacks
-from attacks.diagnostics import FLAGS, eps_grid
+from attacks.diagnostics import FLAGS, check_loss_masking, eps_grid, gradient_flag
 from attacks.toys import NoisyDefence, QuantisingDefence, TinyCNN, digits8, fit_classifier, toy_task
 from bench.config import ConfigError, compose
 from bench.diagnose import cell_budget, find_cell, main
@@ -185,7 +185,10 @@ def test_find_cell_by_label_and_by_key(demo_plan):
 
 def test_cell_budget_follows_the_cells_attack(demo_plan):
     pgd = find_cell(demo_plan, "digits/at/pgd", None)
-    assert cell_budget(pgd, False, 1, {}) == {"draws": 1, "seed": pgd.seed, "steps": pgd.attack_params["steps"]}
+    assert cell_budget(pgd, False, 1, {}) == {"draws": 1, "seed": pgd.seed, "steps": pgd.attack_params["steps"],
+                                              "loss": "ce"}
+    assert cell_budget(pgd, False, 1, {}, loss="margin")["loss"] == "margin"
+    assert cell_budget(pgd, False, 1, {"loss": "dlr"}, loss="margin")["loss"] == "dlr"
     aa = find_cell(demo_plan, "digits/at/aa", None)
     assert cell_budget(aa, False, 1, {"steps": 7})["steps"] == 7
     assert cell_budget(aa, False, 1, {})["steps"] == aa.attack_params["apgd_steps"]
@@ -195,6 +198,13 @@ def test_cli_without_a_fitted_stage_says_what_to_do(tmp_path, capsys):
     code = main(["grid=demo", "cell=digits/standard/pgd", f"results_dir={tmp_path}", f"artifacts_dir={tmp_path}"])
     assert code == 2
     assert "train_missing=true" in capsys.readouterr().err
+
+
+def test_cli_rejects_an_unknown_loss_before_any_work(tmp_path, capsys):
+    code = main(["grid=demo", "cell=digits/standard/pgd", "loss=hinge", f"results_dir={tmp_path}",
+                 f"artifacts_dir={tmp_path}"])
+    assert code == 2
+    assert "loss='hinge' is not valid; valid: ce, margin, dlr" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -221,3 +231,202 @@ def test_pgd_eot_keep_best_keeps_the_adversarial_iterate_the_final_one_misses():
     final = attacks.build("pgd_eot", **settings)(model, x, y)
     kept = attacks.build("pgd_eot", keep_best=True, **settings)(model, x, y)
     assert accuracy(model, final, y) == 1.0 and accuracy(model, kept, y) == 0.0
+
+
+# --- loss masking: CE against the margin family ---------------------------------------------------------------
+
+MASKING = {"steps": 10}
+
+
+def adversarially_trained(data, seed: int) -> nn.Module:
+    """TinyCNN trained on PGD-3 examples (eps 0.1, the eps attacked below): an AT CNN in a few seconds."""
+    torch.manual_seed(seed)
+    model, (x, y) = TinyCNN(), data[:2]
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+    attack = attacks.build("pgd", eps=0.1, steps=3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(8):
+        order = torch.randperm(x.shape[0], generator=generator)
+        for start in range(0, x.shape[0], 64):
+            index = order[start:start + 64]
+            x_adv = attack(model.eval(), x[index], y[index])
+            loss = nn.functional.cross_entropy(model.train()(x_adv), y[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval()
+
+
+class DoubleExpEnsemble(nn.Module):
+    """CARSO's double-exponential aggregation (defences/carso) of a classifier on `copies` noisy copies of x."""
+
+    stochastic = True
+
+    def __init__(self, classifier: nn.Module, copies: int = 4, sigma: float = 0.05):
+        super().__init__()
+        self.classifier, self.copies, self.sigma = classifier, copies, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from defences.carso import aggregate
+
+        noisy = x.repeat(self.copies, 1, 1, 1) + self.sigma * torch.randn(self.copies * x.shape[0], *x.shape[1:])
+        return aggregate(self.classifier(noisy).view(self.copies, x.shape[0], -1), "double_exp")
+
+
+class ScaledLogSoftmax(nn.Module):
+    """log_softmax(1e5 * logits): deterministic, and its cross-entropy gradient underflows to exactly 0."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(1e5 * self.classifier(x), dim=1)
+
+
+@pytest.mark.parametrize("wrap", [DoubleExpEnsemble, ScaledLogSoftmax])
+def test_saturated_aggregations_are_flagged_for_ce_masking(cnn, data, wrap):
+    _, _, x, y = data
+    model = wrap(cnn).eval()
+    flag = check_loss_masking(model, x, y, eps=0.1, draws=4, eot=2, **MASKING)
+    assert flag.raised, flag.evidence
+    evidence = flag.evidence
+    assert evidence["masked_loss"] == "ce" and evidence["n"] == N
+    assert evidence["ce_accuracy"] > 0.8 and evidence["margin_accuracy"] < evidence["ce_accuracy"] - 0.3
+    assert evidence["ce_interval"][0] > evidence["margin_interval"][1]
+    gradients = gradient_flag(model, x, y, 2, None)
+    assert gradients.raised and gradients.evidence["zero_ce_gradient"] > N // 2
+    assert gradients.evidence["zero_margin_gradient"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plain_and_noisy_cnns_are_not_flagged_for_loss_masking(data, seed):
+    train_x, train_y, x, y = data
+    plain = fit_classifier(TinyCNN(), train_x, train_y, epochs=10, seed=seed)
+    noisy = NoisyDefence(plain, toy_task(), NoisyDefence.Params(sigma=0.1)).eval()
+    for model in (plain, noisy):
+        torch.manual_seed(seed)
+        flag = check_loss_masking(model, x, y, eps=0.1, draws=4, eot=2, **MASKING)
+        assert not flag.raised, flag.evidence
+        assert not gradient_flag(model, x, y, 2, None).raised
+
+
+def test_an_adversarially_trained_cnn_is_not_flagged_for_loss_masking(data):
+    _, _, x, y = data
+    model = adversarially_trained(data, seed=0)
+    flag = check_loss_masking(model, x, y, eps=0.1, **MASKING)
+    assert not flag.raised, flag.evidence
+    assert flag.evidence["margin_accuracy"] > 0.2  # it is robust: the check compares two non-trivial numbers
+    assert not gradient_flag(model, x, y, 1, None).raised
+
+
+@pytest.fixture(scope="module")
+def small_carso():
+    """A real CARSO (defences/carso, double-exp aggregation) on 32x32 digits: a SmallCNN trained for 3 epochs and
+    the decoder fitted to reconstruct the images from their representation codes (60 Adam steps instead of the
+    full CVAE training: enough for CARSO to classify like its classifier)."""
+    import defences
+    from bench.data import load_dataset
+    from bench.zoo import SmallCNN
+    from defences.base import Task
+
+    torch.set_num_threads(1)
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    train_x, train_y = train.float_images(), train.labels
+    torch.manual_seed(0)
+    classifier = fit_classifier(SmallCNN(1, 10, 32, channels=(4, 8), hidden=16, mean=0.3, std=0.4), train_x,
+                                train_y, epochs=3, seed=0).requires_grad_(False)
+    task = Task(dataset="digits", channels=1, height=32, width=32, num_classes=10, mean=(0.3,), std=(0.4,),
+                norm="Linf", eps=0.15)
+    carso = defences.build("carso", classifier=classifier, task=task, fcrepr=32, fjoint=8,
+                           decoder_channels=[16, 16, 8, 8, 4], samples=4)
+    optimiser = torch.optim.Adam(carso.purifier.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = train_x[torch.randint(0, len(train_x), (64,), generator=generator)]
+        z = torch.randn(64, carso.purifier.latent_size)
+        logits = carso.purifier.decode_logits(z, carso.representation_code(batch))
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return carso.eval(), test.float_images(slice(0, 24)), test.labels[:24]
+
+
+def test_carso_is_flagged_for_ce_masking(small_carso):
+    carso, x, y = small_carso
+    report = attacks.diagnose(carso, x, y, eps=0.15, steps=5, eot=1, draws=2, square_queries=10, eps_points=1)
+    masking = report.flags["loss_masking_ce_vs_margin"]
+    assert masking.raised and masking.evidence["masked_loss"] == "ce", masking.evidence
+    assert masking.evidence["ce_accuracy"] > 0.75 and masking.evidence["margin_accuracy"] < 0.3
+    assert report.flags["zero_or_nonfinite_gradients"].evidence["zero_ce_gradient"] > len(y) // 2
+    assert report.flags["not_below_chance_at_large_eps"].raised  # CE, the cell's loss here, never gets there
+    # the cell's loss drives the curves: on the margin loss CARSO falls below chance, and masking is still seen
+    margin = attacks.diagnose(carso, x, y, eps=0.15, steps=5, eot=1, draws=2, square_queries=10, eps_points=1,
+                              loss="margin")
+    assert not margin.flags["not_below_chance_at_large_eps"].raised
+    assert margin.flags["loss_masking_ce_vs_margin"].raised
+
+
+def test_carso_with_a_mean_of_logits_is_not_flagged(small_carso):
+    carso, x, y = small_carso
+    carso.params.aggregation = "logit_mean"
+    try:
+        flag = check_loss_masking(carso, x, y, eps=0.15, steps=5, eot=1, draws=2)
+    finally:
+        carso.params.aggregation = "double_exp"
+    assert not flag.raised, flag.evidence
+
+
+# --- the "still falling" checks, raised (the plain CNN above shows them not raised) -----------------------------
+
+class PeakModel(nn.Module):
+    """Two classes, true class 0, a function of the mean pixel s: class 1 wins only within `width` of s = centre,
+    where the margin peaks. Sign steps oscillate around the peak; only steps finer than the width land in it."""
+
+    def __init__(self, centre: float, width: float):
+        super().__init__()
+        self.centre, self.width = centre, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).mean(1)
+        score = 1 - ((s - self.centre) / self.width) ** 2
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_an_attack_that_needs_more_steps_is_flagged():
+    # 10 steps of 0.05 end alternating 0.04 and 0.01 from the peak, the last one 0.04 away (outside the band);
+    # 20 steps of 0.025 end inside it
+    x, y = torch.full((4, 1, 4, 4), 0.3), torch.zeros(4, dtype=torch.long)
+    report = attacks.diagnose(PeakModel(0.44, 0.012), x, y, eps=0.2, steps=10, square_queries=5, eps_points=1,
+                              loss="margin")
+    flag = report.flags["still_falling_with_steps"]
+    assert flag.raised and flag.evidence["accuracy"] == 1.0 and flag.evidence["accuracy_doubled"] == 0.0
+
+
+class NoisyGradient(nn.Module):
+    """Deterministic predictions (class-1 logit w.x + b), stochastic gradients (w + sigma * N(0, I) on every pass):
+    the sign of a few-sample gradient is often wrong, so more EOT samples move the point further."""
+
+    stochastic = True
+
+    def __init__(self, weight: torch.Tensor, bias: float, sigma: float):
+        super().__init__()
+        self.weight, self.bias, self.sigma = weight, bias, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        jitter = (self.sigma * torch.randn_like(flat) * flat).sum(1)
+        score = flat @ self.weight + self.bias + jitter - jitter.detach()
+        return torch.stack([torch.zeros_like(score), score], 1)
+
+
+def test_an_attack_that_needs_more_eot_samples_is_flagged():
+    eps, x, y = 0.1, torch.full((40, 1, 8, 8), 0.5), torch.zeros(40, dtype=torch.long)
+    weight = torch.ones(64)
+    # the true class wins by 0.75 of what the whole eps-ball can take away: only a well-estimated gradient gets there
+    model = NoisyGradient(weight, float(-(x[0].flatten() @ weight) - 0.75 * eps * 64), sigma=3.0)
+    report = attacks.diagnose(model, x, y, eps=eps, steps=10, eot=2, draws=1, square_queries=5, eps_points=1,
+                              loss="margin")
+    flag = report.flags["still_falling_with_eot"]
+    assert flag.raised and flag.evidence["accuracy"] == 1.0 and flag.evidence["accuracy_doubled"] < 0.5

@@ -25,7 +25,7 @@ from torch import nn
 from defences.atop.losses import GAN_LOSSES
 from defences.atop.purifiers import LAYOUTS, InpaintingGenerator, MaskedAutoencoder, PatchDiscriminator
 from defences.atop.training import purified_accuracy, train_purifier
-from defences.atop.transforms import TRANSFORMS, PatchGrid, RandomTransform, compose
+from defences.atop.transforms import MASK_MODES, TRANSFORMS, PatchGrid, RandomTransform, compose
 from defences.base import Defence, FitContext, Task
 
 PURIFIERS = ("gan", "ae")
@@ -43,6 +43,7 @@ class AToPParams:
     missing_rate: float = 0.25
     num_masks: int = 4           # RT3's N; each of its masks misses 1/N of the patches
     patches_per_side: int = 8    # patch side p = image side / 8
+    mask_mode: str = "bernoulli"  # RT1/RT2: each patch missing with probability r; or "fixed_count"
     # purifier: DeepFill-v2 sizes for the GAN, ViT-Base MAE sizes for the AE
     purifier: str = "gan"
     generator_width: int = 48
@@ -79,7 +80,8 @@ class AToPParams:
     finetune_target: str = "adversarial"  # Eq. 9 reconstructs x'; "clean" reconstructs x instead
 
     def __post_init__(self) -> None:
-        choices = (("transform", self.transform, TRANSFORMS), ("purifier", self.purifier, PURIFIERS),
+        choices = (("transform", self.transform, TRANSFORMS), ("mask_mode", self.mask_mode, MASK_MODES),
+                   ("purifier", self.purifier, PURIFIERS),
                    ("gan_loss", self.gan_loss, GAN_LOSSES), ("generator_layout", self.generator_layout, LAYOUTS),
                    ("finetune_norm", self.finetune_norm, ("Linf", "L2")),
                    ("finetune_target", self.finetune_target, FINETUNE_TARGETS))
@@ -122,7 +124,7 @@ class AToP(Defence):
     def __init__(self, classifier: nn.Module, task: Task, params: AToPParams, base: Defence | None = None):
         super().__init__(classifier, task, params, base)
         self.transform = RandomTransform(params.transform, params.sigma, params.missing_rate, params.num_masks,
-                                         params.patches_per_side)
+                                         params.patches_per_side, params.mask_mode)
         self.purifier = build_purifier(params, task)
         self.discriminator = (PatchDiscriminator(task.channels, task.height, task.width, params.discriminator_width)
                               if params.purifier == "gan" else None)

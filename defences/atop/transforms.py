@@ -4,7 +4,9 @@ Masks are "keep" masks: 1 where a pixel is kept, 0 where it is missing, shape (B
 The image is cut into a grid of p x p patches with p = side / patches_per_side (8 in the paper, so p = 4 on
 32x32 images); a patch is missing or kept as a whole.
 
-- RT1: x_t = m * x, with exactly round(r * #patches) patches missing per example (r = missing rate).
+- RT1: x_t = m * x, each patch missing independently with probability r (the missing rate; papers/004 §3.1:
+  patches "randomly missing with missing rate r"), fresh per example. `mask_mode: fixed_count` instead
+  removes exactly round(r * #patches) patches per example.
 - RT2: x_t = m * (x + eta), eta ~ N(0, sigma^2), the same mask law as RT1.
 - RT3: N masks m_1..m_N whose missing regions are disjoint and cover the image (a random partition of the
   patches into N near-equal groups, so the missing rate of each is 1/N); with one noise draw eta,
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 TRANSFORMS = ("rt1", "rt2", "rt3")
+MASK_MODES = ("bernoulli", "fixed_count")
 
 
 @dataclass(frozen=True)
@@ -67,13 +70,22 @@ def random_patch_ranks(batch: int, count: int, device: torch.device,
 
 
 def random_patch_mask(batch: int, grid: PatchGrid, missing_rate: float, device: torch.device,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep masks (B, 1, H, W) with exactly round(missing_rate * #patches) whole patches missing per example."""
+                      generator: torch.Generator | None = None, mode: str = "bernoulli") -> torch.Tensor:
+    """Keep masks (B, 1, H, W), whole patches missing: each independently with probability `missing_rate`
+    (`bernoulli`), or exactly round(missing_rate * #patches) per example (`fixed_count`)."""
     if not 0.0 <= missing_rate <= 1.0:
         raise ValueError(f"missing_rate must be in [0, 1], got {missing_rate}")
-    missing = round(missing_rate * grid.count)
+    check_mask_mode(mode)
+    if mode == "bernoulli":
+        missing = torch.rand(batch, grid.count, device=device, generator=generator) < missing_rate
+        return grid.to_pixels((~missing).float())
     ranks = random_patch_ranks(batch, grid.count, device, generator)
-    return grid.to_pixels((ranks >= missing).float())
+    return grid.to_pixels((ranks >= round(missing_rate * grid.count)).float())
+
+
+def check_mask_mode(mode: str) -> None:
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask_mode={mode!r} is not valid; valid: {', '.join(MASK_MODES)}")
 
 
 def partition_masks(batch: int, grid: PatchGrid, num_masks: int, device: torch.device,
@@ -94,13 +106,15 @@ def compose(purified: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RandomTransform:
-    """One of RT1, RT2, RT3 with its settings (paper defaults: sigma 0.25, r 0.25, N 4, p = side/8)."""
+    """One of RT1, RT2, RT3 with its settings (paper defaults: sigma 0.25, r 0.25, N 4, p = side/8, each patch
+    missing independently; RT3's partition does not depend on `mask_mode`)."""
 
     kind: str = "rt2"
     sigma: float = 0.25
     missing_rate: float = 0.25
     num_masks: int = 4
     patches_per_side: int = 8
+    mask_mode: str = "bernoulli"
 
     def __post_init__(self) -> None:
         if self.kind not in TRANSFORMS:
@@ -111,6 +125,7 @@ class RandomTransform:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
         if self.num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {self.num_masks}")
+        check_mask_mode(self.mask_mode)
 
     @property
     def copies(self) -> int:
@@ -122,7 +137,8 @@ class RandomTransform:
         grid = PatchGrid.for_image(x.shape[-2], x.shape[-1], self.patches_per_side)
         if self.kind == "rt3":
             return partition_masks(x.shape[0], grid, self.num_masks, x.device, generator)
-        return random_patch_mask(x.shape[0], grid, self.missing_rate, x.device, generator).unsqueeze(0)
+        return random_patch_mask(x.shape[0], grid, self.missing_rate, x.device, generator,
+                                 self.mask_mode).unsqueeze(0)
 
     def add_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x + eta for RT2 and RT3 (not clipped, as in the paper's x + eta); x itself for RT1."""

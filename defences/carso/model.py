@@ -102,6 +102,21 @@ class Carso(Defence):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
 
+    def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """forward's output (same z draws, same aggregation), the whole purifier (representation, code, decoder)
+        seen as the identity in the backward pass: every decoded sample passes its gradient straight to x."""
+        n, batch, chunk = self.params.samples, x.shape[0], self.params.max_batch
+        with torch.no_grad():
+            code = self.representation_code(x)
+            z = torch.randn(n * batch, self.purifier.latent_size, device=code.device, dtype=code.dtype)
+            codes = code.repeat(n, 1)  # row a * B + b: sample a of input b, as in sample_logits
+            decoded = torch.cat([self.purifier.reconstruct(codes[i:i + chunk], z[i:i + chunk])
+                                 for i in range(0, n * batch, chunk)])
+        identity = x.repeat(n, *([1] * (x.dim() - 1)))
+        through = decoded + (identity - identity.detach())
+        logits = torch.cat([self.classifier(through[i:i + chunk]) for i in range(0, n * batch, chunk)])
+        return aggregate(logits.view(n, batch, -1), self.params.aggregation)
+
     # --- fitting -------------------------------------------------------------------------------------------
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
         frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
