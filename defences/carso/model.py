@@ -168,8 +168,9 @@ class Carso(Defence):
         return {k: v.detach().contiguous().cpu() for k, v in self.purifier.state_dict().items() if k not in inference}
 
     def save(self, folder: Path, metadata: dict[str, Any]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.posterior_state(), str(folder / POSTERIOR_FILE))
+        if self.has_posterior:  # an encoder never trained is not saved: it would pass for a trained one
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(self.posterior_state(), str(folder / POSTERIOR_FILE))
         super().save(folder, metadata)
 
     def load(self, folder: Path) -> None:
