@@ -129,6 +129,18 @@ class Adaptive(Attack):
 
     # --- the attack --------------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per example the worst point found; sets `last_report`, a JSON-able dict:
+
+        - `attack` ("adaptive"), `stochastic`, `draws` (K of the scoring), `n` (examples), `tolerance`,
+          `max_escalations`;
+        - `members`: the members run, in order; `skipped`: {member: why it could not run};
+        - `clean_accuracy`: the K-draw correct rate of the unperturbed inputs, averaged;
+        - `path`: one entry per round, {`round` (0 = base), `budget` ({apgd_steps, pgd_steps, pgd_step_size,
+          square_queries, eot}), `members` ({member: {`attacked`: examples it ran on, `kept`: examples whose
+          worst point it supplied, `selection_accuracy`: mean selection score after it, `seconds`}}),
+          `accuracy` (the worst case after the round, re-scored with fresh draws), `seconds`};
+        - `stopped`: why escalation stopped; `accuracy`: the final round's accuracy.
+        """
         self.last_report: dict[str, Any] | None = None
         stochastic = bool(getattr(model, "stochastic", False))
         draws = self.selection_draws if stochastic else 1
