@@ -149,6 +149,8 @@ class Adaptive(Attack):
             num_classes = model(x[:1]).shape[1]
         skipped = self.skip_reasons(model, x, num_classes)
         active = [m for m in self.members if m not in skipped]
+        if not active:  # robust accuracy would silently equal clean accuracy
+            raise ValueError(f"no member of adaptive can run on this model: {skipped}")
         worst = WorstCase(x.clone(), *score_points(model, x, y, draws))
         report: dict[str, Any] = {
             "attack": "adaptive", "stochastic": stochastic, "draws": draws, "n": int(x.shape[0]),

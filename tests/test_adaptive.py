@@ -78,6 +78,8 @@ def test_members_that_cannot_run_are_skipped_with_their_reason():
     assert "at least 3 classes" in skipped["apgd_dlr"] and "5x5" in skipped["square"]
     exact = exact_robust_correct(model.weight.detach(), model.bias.detach(), x, y, 0.5, "L2")
     assert torch.equal(model(x_adv).argmax(1) == y, exact)
+    with pytest.raises(ValueError, match="no member of adaptive can run"):
+        attacks.build("adaptive", eps=0.5, members=["apgd_dlr"])(model, x, y)
 
 
 def test_on_a_stochastic_model_adaptive_is_no_worse_than_its_best_member():
