@@ -30,6 +30,7 @@ REGISTRY = Registry(
         "square": "attacks.autoattack:Square",
         "pgd_eot": "attacks.eot:EOTPGD",
         "bpda_eot": "attacks.bpda:BPDAEOT",
+        "adaptive": "attacks.adaptive:Adaptive",
     },
     entry_point_group="bench.attacks",
 )

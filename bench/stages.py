@@ -21,7 +21,7 @@ import torch
 
 import attacks
 import defences
-from attacks.protocol import evaluate_correctness, summarise_draws
+from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
 from bench import records
 from bench.config import load_scenario
 from bench.grid import EvalCell, TrainStage
@@ -35,7 +35,6 @@ from bench.runtime import (
     seed_everything,
 )
 from bench.scenarios import Scenario
-from bench.stats import wilson_interval
 from defences.base import Defence, FitContext
 
 LOG = logging.getLogger("bench.stages")
@@ -151,32 +150,20 @@ def run_training_stage(stages: dict[str, TrainStage], key: str, options: dict[st
 def _batch_result(defence: Defence, attack: attacks.Attack, x: torch.Tensor, y: torch.Tensor, draws: int,
                   seed: int) -> dict[str, Any]:
     seed_everything(seed)
-    clean = evaluate_correctness(defence, x, y, draws)
+    clean_predictions = predict_draws(defence, x, draws)
     before = dict(getattr(attack, "counts", {"forward_examples": 0, "backward_examples": 0}))
     started = time.time()
     x_adv = attack(defence, x, y)
     attack_seconds = time.time() - started
-    robust = evaluate_correctness(defence, x_adv, y, draws)
+    robust_predictions = predict_draws(defence, x_adv, draws)
     delta = (x_adv - x).flatten(1)
     size = delta.abs().amax(1) if attack.norm == "Linf" else delta.norm(dim=1)
-    return {"clean": clean.T.int().tolist(), "robust": robust.T.int().tolist(), "attack_seconds": attack_seconds,
+    return {"clean": (clean_predictions == y).T.int().tolist(), "robust": (robust_predictions == y).T.int().tolist(),
+            "attack_seconds": attack_seconds,
             "forward_examples": attack.counts["forward_examples"] - before["forward_examples"],
             "backward_examples": attack.counts["backward_examples"] - before["backward_examples"],
-            "perturbation": size.tolist()}
-
-
-def _accuracies(per_example_draws: torch.Tensor, decision: str, prefix: str) -> dict[str, Any]:
-    """Headline accuracy with its Wilson interval, plus single/majority/worst when there are several draws."""
-    summary = summarise_draws(per_example_draws.T.bool())
-    n = per_example_draws.shape[0]
-    out: dict[str, Any] = {}
-    for rule, values in summary.items():
-        out[f"{prefix}_acc_{rule}"] = values.mean().item()
-    headline = summary[decision]
-    out[f"{prefix}_acc"] = headline.mean().item()
-    out[f"{prefix}_ci"] = list(wilson_interval(headline.sum().item(), n))
-    out[f"{prefix}_correct"] = headline.tolist()
-    return out
+            "perturbation": size.tolist(),
+            **batch_extras(defence, attack, x, x_adv, clean_predictions, robust_predictions)}
 
 
 def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[str, Any], record_path: Path) -> str:
@@ -228,7 +215,7 @@ def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[s
         decision = cell.eval.get("decision", "single")
         record = {
             **base_record, "status": "done", "stochastic": defence.stochastic, "draws": draws, "decision": decision,
-            **_accuracies(clean, decision, "clean"), **_accuracies(robust, decision, "robust"),
+            **record_accuracies(clean, robust, decision), **record_extras(batches),
             "n_examples": len(labels),
             "per_example": {"index": index.tolist(), "label": labels.tolist(), "clean_draws": clean.tolist(),
                             "robust_draws": robust.tolist(),

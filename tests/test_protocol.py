@@ -10,7 +10,15 @@ import pytest
 import torch
 
 import attacks
-from attacks.protocol import score_points, summarise_draws, worst_case_over_attacks
+from attacks.protocol import (
+    merge_audits,
+    randomness_audit,
+    record_accuracies,
+    robust_given_clean,
+    score_points,
+    summarise_draws,
+    worst_case_over_attacks,
+)
 from attacks.toys import BernoulliModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,3 +113,72 @@ def test_worst_case_over_attacks_is_the_per_example_minimum():
     assert combined["worst"].tolist() == [1.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="different numbers of examples"):
         worst_case_over_attacks([first, second[:, :3]])
+
+
+def test_worst_case_over_attacks_includes_the_clean_judgement():
+    attack = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)  # rates 1, 1, 1, .5
+    clean = torch.tensor([[1, 0, 1, 1], [1, 0, 0, 1]], dtype=torch.bool)   # rates 1, 0, .5, 1
+    combined = worst_case_over_attacks([attack], clean=clean)
+    assert combined["single"].tolist() == [1.0, 0.0, 0.5, 0.5]
+    assert combined["worst"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert worst_case_over_attacks([clean, attack])["single"].tolist() == combined["single"].tolist()
+
+
+def test_robust_given_clean_is_the_per_rule_minimum_with_clean():
+    clean = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.bool)   # 3 draws, 4 examples
+    robust = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 1]], dtype=torch.bool)  # fresh draws, luckier
+    combined = robust_given_clean(clean, robust)
+    # never clean-correct: not robust, however the adversarial draws went
+    assert combined["single"].tolist() == pytest.approx([0.0, 2 / 3, 2 / 3, 2 / 3])
+    assert combined["majority"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert combined["worst"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="same examples"):
+        robust_given_clean(clean, robust[:, :3])
+
+
+@pytest.mark.parametrize("decision", ["single", "majority", "worst"])
+def test_record_accuracies_never_show_robust_above_clean(decision):
+    generator = torch.Generator().manual_seed(1)
+    clean = (torch.rand(200, 5, generator=generator) < 0.6).int()   # [B, draws], as records store them
+    robust = (torch.rand(200, 5, generator=generator) < 0.7).int()  # raw robust often above clean
+    raw = summarise_draws(robust.T.bool())[decision] > summarise_draws(clean.T.bool())[decision]
+    assert bool(raw.any()), "the raw draws must contain examples that look more robust than clean"
+    fields = record_accuracies(clean, robust, decision)
+    assert all(r <= c for r, c in zip(fields["robust_correct"], fields["clean_correct"], strict=True))
+    for rule in ("single", "majority", "worst"):
+        assert fields[f"robust_acc_{rule}"] <= fields[f"clean_acc_{rule}"]
+    assert fields["robust_acc"] == pytest.approx(sum(fields["robust_correct"]) / 200)
+    assert fields["clean_acc"] == pytest.approx(summarise_draws(clean.T.bool())[decision].mean().item())
+    low, high = fields["robust_ci"]
+    assert low <= fields["robust_acc"] <= high
+    with pytest.raises(ValueError, match="decision='best'"):
+        record_accuracies(clean, robust, "best")
+
+
+def test_randomness_audit_of_hand_written_predictions():
+    clean = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 2, 1]])       # 4 draws, 3 examples
+    adversarial = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 2], [1, 1, 3]])
+    audit = randomness_audit(torch.nn.Identity(), clean, adversarial, torch.zeros(3, 1), torch.zeros(3, 1))
+    # pairs of 4 draws: 6; example 1 splits 2-2 (4 differing pairs), example 2 splits 3-1 (3), example 3 all differ
+    assert audit["clean"] == {"n": 3, "draws": 4, "pair_disagreement": pytest.approx((0 + 4 / 6 + 3 / 6) / 3),
+                              "non_unanimous": pytest.approx(2 / 3)}
+    assert audit["adversarial"]["pair_disagreement"] == pytest.approx((0 + 0 + 1) / 3)
+    assert audit["adversarial"]["non_unanimous"] == pytest.approx(1 / 3)
+    assert randomness_audit(torch.nn.Identity(), clean[:1], adversarial[:1], torch.zeros(3, 1),
+                            torch.zeros(3, 1)) is None  # one draw: nothing to audit
+    merged = merge_audits([audit, None, {"clean": {"n": 1, "draws": 4, "pair_disagreement": 1.0, "non_unanimous": 1.0},
+                                         "adversarial": {"n": 1, "draws": 4, "pair_disagreement": 0.0,
+                                                         "non_unanimous": 0.0}}])
+    assert merged["clean"]["n"] == 4
+    assert merged["clean"]["pair_disagreement"] == pytest.approx((3 * audit["clean"]["pair_disagreement"] + 1) / 4)
+    assert merge_audits([None]) is None
+
+
+def test_randomness_audit_of_a_model_with_known_disagreement():
+    # BernoulliModel: right with probability q, else the next class; two draws differ with probability 2q(1-q)
+    q, n, draws = 0.7, 4000, 3
+    x, y = bernoulli_inputs([q], n)
+    predictions = attacks.protocol.predict_draws(BernoulliModel(), x, draws)
+    audit = randomness_audit(BernoulliModel(), predictions, predictions, x, x)
+    assert audit["clean"]["pair_disagreement"] == pytest.approx(2 * q * (1 - q), abs=0.02)
+    assert audit["clean"]["non_unanimous"] == pytest.approx(1 - q**3 - (1 - q) ** 3, abs=0.02)

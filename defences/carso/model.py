@@ -8,7 +8,9 @@ all samples at once, so the result does not depend on the chunk size).
 
 `purify(x)` is one reconstruction per input (one z draw), `classify` the classifier, so BPDA-style attacks
 can use the parts. The classifier comes from the base stage (`base: at` in a grid) and is never saved
-here; the checkpoint holds only the representation compressors and the decoder.
+here; the checkpoint holds only the representation compressors and the decoder. The training-only encoder
+q(z | x, c) is saved beside it (`posterior.safetensors`) for the randomness audit's `latent_kl`; inference
+never reads it, and a folder without it loads (latent_kl is then unavailable).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defences.base import Defence, FitContext, Task
@@ -25,9 +27,10 @@ from defences.carso.aggregation import aggregate
 from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
 from defences.carso.representation import capture, default_layers
-from defences.carso.training import train_purifier
+from defences.carso.training import posterior_kl, train_purifier
 
 PURIFIER_PREFIX = "purifier."
+POSTERIOR_FILE = "posterior.safetensors"
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -117,6 +120,21 @@ class Carso(Defence):
         logits = torch.cat([self.classifier(through[i:i + chunk]) for i in range(0, n * batch, chunk)])
         return aggregate(logits.view(n, batch, -1), self.params.aggregation)
 
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the encoder q(z | x, c) holds trained weights (after fit, or loaded with the checkpoint)."""
+        return bool(getattr(self, "_posterior_trained", False))
+
+    @torch.no_grad()
+    def latent_kl(self, x: torch.Tensor) -> torch.Tensor:
+        """Per example KL(q(z | x, c(x)) || N(0, I)) in nats: how far the encoder's posterior for x is from the
+        prior that inference samples z from (0: z carries nothing about x)."""
+        if not self.has_posterior:
+            raise RuntimeError("latent_kl needs the trained encoder q(z | x, c); this CARSO was loaded from a "
+                               f"checkpoint without {POSTERIOR_FILE}")
+        mu, logvar = self.purifier.encode_input(x, self.representation_code(x))
+        return posterior_kl(mu, logvar)
+
     # --- fitting -------------------------------------------------------------------------------------------
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
         frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
@@ -130,6 +148,7 @@ class Carso(Defence):
         finally:
             for parameter, flag in frozen:
                 parameter.requires_grad_(flag)
+        self._posterior_trained = True
         self.eval()
         return {"layers": self.layers, "representation_shapes": [list(s) for s in self.representation_shapes],
                 "purifier_parameters": sum(p.numel() for p in self.purifier.parameters()),
@@ -158,7 +177,19 @@ class Carso(Defence):
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {PURIFIER_PREFIX + k: v.detach().contiguous().cpu() for k, v in self.purifier.inference_state().items()}
 
+    def posterior_state(self) -> dict[str, torch.Tensor]:
+        """The training-only encoder q(z | x, c), saved apart from the inference checkpoint."""
+        inference = set(self.purifier.inference_state())
+        return {k: v.detach().contiguous().cpu() for k, v in self.purifier.state_dict().items() if k not in inference}
+
+    def save(self, folder: Path, metadata: dict[str, Any]) -> None:
+        if self.has_posterior:  # an encoder never trained is not saved: it would pass for a trained one
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(self.posterior_state(), str(folder / POSTERIOR_FILE))
+        super().save(folder, metadata)
+
     def load(self, folder: Path) -> None:
+        self._load_posterior(folder)
         state = load_file(str(folder / "defence.safetensors"))
         expected = set(self.checkpoint_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -168,3 +199,17 @@ class Carso(Defence):
         device = _module_device(self.purifier)
         self.purifier.load_state_dict({k.removeprefix(PURIFIER_PREFIX): v.to(device) for k, v in state.items()},
                                       strict=False)
+
+    def _load_posterior(self, folder: Path) -> None:
+        path = folder / POSTERIOR_FILE
+        self._posterior_trained = False
+        if not path.exists():
+            return
+        state, expected = load_file(str(path)), set(self.posterior_state())
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise RuntimeError(f"{path} does not match this CARSO's encoder: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        device = _module_device(self.purifier)
+        self.purifier.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+        self._posterior_trained = True

@@ -131,12 +131,17 @@ def kl_beta(params: CarsoParams, epoch: int) -> float:
     return params.kl_weight * (epoch - params.kl_start_epoch) / (params.kl_end_epoch - params.kl_start_epoch)
 
 
+def posterior_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per example KL(N(mu, exp(logvar)) || N(0, I)), summed over the latent dimensions."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+
 def vae_loss(logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
              beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, bce, kl), each a per-example sum averaged over the batch; logits are pre-sigmoid."""
     batch = target.shape[0]
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum() / batch
+    kl = posterior_kl(mu, logvar).sum() / batch
     return bce + beta * kl, bce, kl
 
 
