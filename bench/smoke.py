@@ -16,8 +16,8 @@ records, the report — is the real thing):
   epoch at its 5e-9 initial LR, 2 reconstructions, PGD-2; AT: PGD-2; AToP: 1 pre-training and 1
   fine-tuning epoch; the collapse check off, since one epoch on 8 images is not a training run; published
   CARSO weights that are absent replaced by random ones).
-  Attack budgets shrink logarithmically, `n -> floor + ceil(log10 n) - 1` above a floor (steps and APGD/FAB
-  steps: floor 2, so 10/20/100/1000 steps become 2/3/3/4; EOT: 2, so 20 becomes 3; Square queries: 10),
+  Attack budgets shrink logarithmically, `n -> floor + ceil(log10 n) - 1` above a floor (steps, APGD/FAB
+  steps and EOT: floor 1, so 10/20/100/1000 steps become 1/2/2/3 and EOT 20 becomes 2; Square queries: 10),
   so grid entries that differ only in budget (PGD-10/20/1000) stay distinct cells; restarts 1,
   2 target classes, 2 selection draws.
 
@@ -48,7 +48,7 @@ DEFENCE_BUDGET: dict[str, Any] = {
 DEFENCE_BUDGET_BY_NAME: dict[str, dict[str, Any]] = {"carso": {"warmup_epochs": 1}}
 
 # Attack settings: (floor, shrink logarithmically) or a fixed value.
-ATTACK_STEPS_FLOOR = {"steps": 2, "apgd_steps": 2, "fab_steps": 2, "eot": 2, "square_queries": 10}
+ATTACK_STEPS_FLOOR = {"steps": 1, "apgd_steps": 1, "fab_steps": 1, "eot": 1, "square_queries": 10}
 ATTACK_FIXED: dict[str, Any] = {"restarts": 1, "apgd_restarts": 1, "fab_restarts": 1, "target_classes": 2,
                                 "selection_draws": 2}
 
