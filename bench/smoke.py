@@ -26,6 +26,7 @@ Smoke results say nothing about robustness; they say every planned cell runs to 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import fields
 from pathlib import Path
@@ -86,17 +87,26 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
 
 def apply(config: Any) -> None:
     """Turn a composed RunConfig into its smoke version, in place (folders, sizes, budgets)."""
+    from bench.config import ConfigError
+
     options, grid = config.options, config.grid
+    if not isinstance(options["smoke"], bool):
+        raise ConfigError(f"smoke={options['smoke']!r} is not valid; valid: true, false")
     options["results_dir"] = str(Path(options["results_dir"]) / SMOKE_FOLDER)
     options["artifacts_dir"] = str(Path(options["artifacts_dir"]) / SMOKE_FOLDER)
     grid["n_examples"] = SMOKE_EXAMPLES
     grid["eval"] = {**(grid.get("eval") or {}), **SMOKE_EVAL}
     for block in grid["blocks"]:
         block.pop("n_examples", None)
-    for spec in grid["defences"].values():
-        spec.update(defence_budget(spec["name"]))
-    for spec in grid["attacks"].values():
-        spec.update(attack_budget(spec))
+    for kind, budget in (("defences", defence_budget_of), ("attacks", attack_budget)):
+        for spec in grid[kind].values():
+            # an unknown name is left as it is: the planner reports it with the valid names
+            with contextlib.suppress(LookupError, ImportError, TypeError, ValueError):
+                spec.update(budget(spec))
+
+
+def defence_budget_of(spec: dict[str, Any]) -> dict[str, Any]:
+    return defence_budget(spec["name"])
 
 
 # --- the stage hooks (bench/stages.py) ------------------------------------------------------------------

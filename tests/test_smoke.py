@@ -58,3 +58,8 @@ def test_a_paper_grid_block_runs_every_cell_in_smoke_mode(tmp_path: Path):
     steps = sorted(r["attack_settings"]["steps"] for r in records
                    if r["attack_name"] == "pgd" and r["defence"] == "standard")
     assert steps == [1, 2]  # PGD-10 and PGD-20 at smoke budgets, still two cells
+
+
+def test_a_smoke_value_that_is_not_a_boolean_is_refused_before_any_work(capsys):
+    assert main(["grid=demo", "smoke=maybe", "dry_run=true"]) == 2
+    assert "smoke='maybe' is not valid; valid: true, false" in capsys.readouterr().err
