@@ -40,6 +40,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "seeds": None,
     "retry_failed": True,
     "report": True,
+    "smoke": False,  # minimal budgets, synthetic data when absent, separate folders (bench/smoke.py)
 }
 GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
 BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}

@@ -82,6 +82,10 @@ def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
 
 
 def run(config: RunConfig) -> dict[str, Any]:
+    if config.options.get("smoke"):
+        from bench import smoke
+
+        smoke.apply(config)
     options = dict(config.options)
     options["scenario_overrides"] = config.scenario_overrides
     plan = expand(config)

@@ -48,7 +48,11 @@ class StageNotReady(RuntimeError):
 
 # --- data and models ------------------------------------------------------------------------------------
 
-def load_split(scenario: Scenario, split: str, data_dir: str | None):
+def load_split(scenario: Scenario, split: str, data_dir: str | None, smoke: bool = False):
+    if smoke:
+        from bench import smoke as smoke_mode
+
+        return smoke_mode.load_split(scenario, split, data_dir)
     return _cached_split(scenario.dataset, split, data_dir, json.dumps(scenario.dataset_options, sort_keys=True))
 
 
@@ -59,10 +63,10 @@ def _cached_split(dataset: str, split: str, data_dir: str | None, options_json: 
     return load_dataset(dataset, split, root=data_dir, **json.loads(options_json))
 
 
-def evaluation_subset(scenario: Scenario, n_examples: int,
-                data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluation_subset(scenario: Scenario, n_examples: int, data_dir: str | None,
+                      smoke: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first n of a fixed permutation of the test split (same for every cell of the scenario)."""
-    split = load_split(scenario, "test", data_dir)
+    split = load_split(scenario, "test", data_dir, smoke)
     generator = torch.Generator().manual_seed(scenario.test_subset_seed)
     index = torch.randperm(len(split), generator=generator)[:n_examples].sort().values
     return index, split.float_images(index), split.labels[index]
@@ -71,6 +75,10 @@ def evaluation_subset(scenario: Scenario, n_examples: int,
 def make_classifier(scenario: Scenario, options: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
     from bench.zoo import load_classifier
 
+    if options.get("smoke") and scenario.classifier_is_pretrained:
+        from bench import smoke
+
+        return smoke.make_classifier(scenario)
     task = scenario.task()
     return load_classifier(
         scenario.classifier, in_channels=task.channels, num_classes=task.num_classes, image_size=task.height,
@@ -127,7 +135,7 @@ def run_training_stage(stages: dict[str, TrainStage], key: str, options: dict[st
         ctx = FitContext(device=device, seed=stage.seed, workdir=folder, log=LOG,
                          classifier_pretrained=bool(provenance.get("pretrained")))
         LOG.info("training %s (%s) on %s", stage.label, stage.defence_name, hardware_summary(device))
-        train = load_split(scenario, "train", options.get("data_dir"))
+        train = load_split(scenario, "train", options.get("data_dir"), bool(options.get("smoke")))
         summary = defence.fit(train, ctx)
         metadata = {"stage": key, "label": stage.label, "defence_name": stage.defence_name, "params": stage.params,
                     "identity": stage.identity, "classifier": provenance, "fit_summary": summary,
@@ -192,7 +200,8 @@ def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[s
         device = resolve_device(options.get("device", "auto"))
         defence = load_fitted_defence(stages, cell.stage, options, device)
         scenario = stage_scenario(stages[cell.stage], options)
-        index, images, labels = evaluation_subset(scenario, cell.n_examples, options.get("data_dir"))
+        index, images, labels = evaluation_subset(scenario, cell.n_examples, options.get("data_dir"),
+                                                  bool(options.get("smoke")))
         draws = int(cell.eval["stochastic_draws"] if defence.stochastic else cell.eval["draws"])
         attack = attacks.build(cell.attack_name, **{k: v for k, v in cell.attack_params.items() if k != "name"})
         batch_size = int(cell.eval["batch_size"])

@@ -175,7 +175,8 @@ def test_normalisation_rejects_wrong_channel_counts():
 
 def test_registry_builds_every_architecture_setting():
     assert set(ARCHITECTURES) == {
-        "small_cnn", "preact_resnet18", "wide_resnet_28_10", "wide_resnet_34_10", "wide_resnet_70_16"
+        "small_cnn", "preact_resnet18", "wide_resnet_28_10", "wide_resnet_34_10", "wide_resnet_70_16",
+        "trades_wide_resnet",
     }  # fmt: skip
     model = build_architecture(
         "wide_resnet_34_10",
@@ -302,7 +303,7 @@ def test_unknown_source_forms_are_refused(source):
 def test_robustbench_source_without_the_package_explains_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "robustbench", None)  # makes the import fail even if installed
     monkeypatch.setitem(sys.modules, "robustbench.utils", None)
-    with pytest.raises(ImportError, match=r"pip install -e \.\[robustbench\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[robustbench\]'"):
         load_classifier("robustbench:Wang2023Better_WRN-28-10", **SHAPE)
 
 
@@ -318,18 +319,18 @@ def test_robustbench_source_passes_its_arguments_through(monkeypatch):
     package.utils = utils
     monkeypatch.setitem(sys.modules, "robustbench", package)
     monkeypatch.setitem(sys.modules, "robustbench.utils", utils)
-    model, provenance = load_classifier(
-        "robustbench:Cui2023Decoupled_WRN-28-10", **SHAPE, dataset="cifar100", model_dir=Path("/tmp/m")
+    model, provenance = load_classifier(  # a name without a native architecture goes to the package
+        "robustbench:Wang2023Better_WRN-28-10", **SHAPE, dataset="cifar100", model_dir=Path("/tmp/m")
     )
     assert calls == [
         {
-            "model_name": "Cui2023Decoupled_WRN-28-10",
+            "model_name": "Wang2023Better_WRN-28-10",
             "model_dir": "/tmp/m",
             "dataset": "cifar100",
             "threat_model": "Linf",
         }
     ]
     assert not model.training
-    assert provenance["pretrained"] is True and provenance["name"] == "Cui2023Decoupled_WRN-28-10"
-    load_classifier("robustbench:Standard", **SHAPE)
+    assert provenance["pretrained"] is True and provenance["name"] == "Wang2023Better_WRN-28-10"
+    load_classifier("robustbench:Gowal2020Uncovering_28_10_extra", **SHAPE)
     assert calls[-1]["model_dir"] == "./models" and calls[-1]["dataset"] == "cifar10"

@@ -225,7 +225,24 @@ class SlurmExecutor:
             shown = {k: v for k, v in array.resources.items() if k != "setup"}
             lines.append(f"  {array.kind}[{array.level}] {len(array.keys):>5} tasks  "
                          f"{json.dumps(shown, sort_keys=True)}")
+        if self.options.get("calibration"):
+            lines.append(self._calibrated_estimate(plan, arrays, cells))
         return "\n".join(lines)
+
+    def _calibrated_estimate(self, plan: Plan, arrays: list[ArraySpec], cells: list[str]) -> str:
+        """GPU-hours of the evaluation cells from measured costs (bench/executors/calibration.py)."""
+        from bench.executors.calibration import estimate_eval_hours, load_calibration
+
+        path = str(self.options["calibration"])
+        eval_hours, uncovered = estimate_eval_hours(plan, cells, load_calibration(path))
+        train_hours = sum(len(a.keys) * a.resources.get("gpus_per_node", 0) * a.resources["time_min"] / 60
+                          for a in arrays if a.kind == "train")
+        text = (f"calibrated estimate ({path}): {eval_hours:.1f} GPU-hours for {len(cells) - len(uncovered)} "
+                f"evaluation cells, plus at most {train_hours:.0f} GPU-hours of training at the profile's time "
+                f"limits (training is not calibrated)")
+        if uncovered:
+            text += f"; {len(uncovered)} cells not covered by the calibration, e.g. {uncovered[:3]}"
+        return text
 
     def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
         plan_path = Path(plan_path).resolve()

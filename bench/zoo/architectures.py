@@ -11,6 +11,7 @@ from bench.registry import UnknownNameError, closest_hint
 from bench.zoo.normalization import Stats
 from bench.zoo.preact_resnet import PreActResNet18
 from bench.zoo.small_cnn import SmallCNN
+from bench.zoo.trades_wide_resnet import TradesWideResNet
 from bench.zoo.wide_resnet import WideResNet
 
 Constructor = Callable[..., nn.Module]
@@ -22,9 +23,16 @@ def _small_cnn(
     return SmallCNN(in_channels, num_classes, image_size, mean=mean, std=std, **params)
 
 
-def _preact_resnet18(*, in_channels: int, num_classes: int, image_size: int, mean: Stats, std: Stats):
+def _preact_resnet18(*, in_channels: int, num_classes: int, image_size: int, mean: Stats, std: Stats,
+                     shortcut_from: str = "activated"):
     del image_size  # global average pooling adapts to the input size
-    return PreActResNet18(in_channels, num_classes, mean=mean, std=std)
+    return PreActResNet18(in_channels, num_classes, mean=mean, std=std, shortcut_from=shortcut_from)
+
+
+def _trades_wide_resnet(*, in_channels: int, num_classes: int, image_size: int, mean: Stats, std: Stats,
+                        depth: int = 28, width: int = 10):
+    del image_size  # global average pooling adapts to the input size
+    return TradesWideResNet(depth, width, num_classes, in_channels, mean=mean, std=std)
 
 
 def _wide_resnet(depth: int, width: int) -> Constructor:
@@ -49,6 +57,7 @@ ARCHITECTURES: dict[str, Constructor] = {
     "wide_resnet_28_10": _wide_resnet(28, 10),
     "wide_resnet_34_10": _wide_resnet(34, 10),
     "wide_resnet_70_16": _wide_resnet(70, 16),
+    "trades_wide_resnet": _trades_wide_resnet,  # RobustBench's `WideResNet` names (e.g. "Standard")
 }
 
 

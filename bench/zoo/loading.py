@@ -49,10 +49,10 @@ def load_classifier(
 
     - "train:<arch>": a freshly initialised architecture, for the caller to train.
     - "file:<path>": `arch` (+ `arch_params`) built with mean/std, then the weights at path loaded strictly.
-    - "robustbench:<name>": `robustbench.utils.load_model(name, model_dir, dataset, threat_model)`; the model
-      normalises internally, so in_channels/num_classes/image_size/mean/std are not used. It works offline
-      when the checkpoint already sits at <model_dir>/<dataset>/<threat_model>/<name>.pt; otherwise
-      RobustBench downloads it. `dataset` defaults to "cifar10" (RobustBench's default).
+    - "robustbench:<name>": RobustBench's checkpoint <model_dir>/<dataset>/<threat_model>/<name>.pt read into
+      this zoo's architecture for that name (bench/zoo/robustbench.py; offline, no robustbench package), or,
+      for names not mapped there, `robustbench.utils.load_model`. The model normalises internally, so
+      in_channels/num_classes/image_size/mean/std are not used. `dataset` defaults to "cifar10".
     """
     kind, separator, target = source.partition(":")
     if not separator or not target:
@@ -143,16 +143,6 @@ def _strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 def _load_robustbench(
     name: str, model_dir: str | Path | None, dataset: str | None, threat_model: str
 ) -> nn.Module:
-    try:
-        from robustbench.utils import load_model
-    except ImportError as error:
-        raise ImportError(
-            f"the source 'robustbench:{name}' needs the robustbench package, but importing "
-            f"robustbench.utils failed ({error}). Install it with: pip install -e .[robustbench]"
-        ) from error
-    return load_model(
-        model_name=name,
-        model_dir=str(model_dir or DEFAULT_MODEL_DIR),
-        dataset=dataset or "cifar10",
-        threat_model=threat_model,
-    )
+    from bench.zoo.robustbench import load_robustbench
+
+    return load_robustbench(name, model_dir or DEFAULT_MODEL_DIR, dataset or "cifar10", threat_model)
