@@ -9,10 +9,11 @@ loss did not improve since. Norms Linf and L2; losses `ce`, `dlr` (untargeted) a
 of APGD-T, with `y_target`).
 
 Batched EOT: the `eot` copies of a batch go through the model in chunks of at most `max_batch` examples
-(`attacks.eot.eot_passes`; None = `attacks.eot.default_max_batch`, the device's default) in one forward/backward per
-chunk. The gradient is the mean over the copies (pyautoattack's loop divides the sum by `eot` too), and the loss that
-drives the step-size control is the mean over the copies (pyautoattack's loop keeps the last copy's; on a
-deterministic model both are the same). With `max_batch` = the batch size each pass holds one copy: the loop.
+(`attacks.eot.eot_passes`; None = `apgd_max_batch`: `attacks.eot.default_max_batch`, the device's default, raised on
+a CPU for small inputs) in one forward/backward per chunk. The gradient is the mean over the copies (pyautoattack's
+loop divides the sum by `eot` too), and the loss that drives the step-size control is the mean over the copies
+(pyautoattack's loop keeps the last copy's; on a deterministic model both are the same). With `max_batch` = the
+batch size each pass holds one copy: the loop.
 
 Two candidates per example come back: `highest_loss` (the iterate of highest mean EOT loss) and `least_correct`
 (the iterate whose EOT copies were least often correct, the latest one on ties; on a deterministic model the last
@@ -62,8 +63,8 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, y_target: torch.Ten
 
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Best other logit minus the true one: > 0 where misclassified."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1) - true
+    true = logits.gather(1, y[:, None])
+    return logits.scatter(1, y[:, None], float("-inf")).amax(1) - true.squeeze(1)
 
 
 def loss_function(loss: str, y_target: torch.Tensor | None) -> LossFn:
@@ -78,6 +79,20 @@ def loss_function(loss: str, y_target: torch.Tensor | None) -> LossFn:
     raise ValueError(f"APGD loss={loss!r} is not valid; valid: {', '.join(APGD_LOSSES)}")
 
 
+# On a CPU, EOT copies are stacked into one pass only while a pass holds at most this many input values: small
+# inputs (8x8 digits: up to 1024 examples) ran ~15% faster stacked, 32x32 ones 1.6x slower (per-call overhead
+# against cache misses; bench/benchmarks/speed.py). 2**16 values = 64 images of 32x32: the loop from there on.
+CPU_VALUES_PER_PASS = 2**16
+
+
+def apgd_max_batch(x: torch.Tensor) -> int:
+    """The default examples per pass: attacks.eot's device default, on a CPU raised for small inputs."""
+    batch = x.shape[0]
+    if x.device.type == "cuda":
+        return default_max_batch(x.device, batch)
+    return max(batch, 1, CPU_VALUES_PER_PASS // max(1, x[0].numel()))
+
+
 @dataclass
 class EOTEstimate:
     """At one iterate, per example: mean input gradient, mean loss, fraction correct, mean margin over EOT copies."""
@@ -89,26 +104,45 @@ class EOTEstimate:
 
 
 def eot_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, loss: str,
-                 y_target: torch.Tensor | None = None, max_batch: int | None = None) -> EOTEstimate:
-    """The EOT copies of x (copy-major) in chunked forward/backward passes of at most `max_batch` examples."""
+                 y_target: torch.Tensor | None = None, max_batch: int | None = None,
+                 margins: bool = True) -> EOTEstimate:
+    """The EOT copies of x (copy-major) in chunked forward/backward passes of at most `max_batch` examples.
+    `margins=False` skips the margins (left at 0) where nobody reads them."""
+    passes = eot_passes(x.shape[0], eot, max_batch or apgd_max_batch(x))
+    if len(passes) == 1:  # one pass holds everything (eot 1, or all copies at once): no accumulation
+        return _one_pass(model, x, y, eot, loss, y_target, margins)
     grad = torch.zeros_like(x)
     loss_sum, correct, margin_sum = (torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for _ in range(3))
-    ones = [1] * (x.dim() - 1)
-    for examples, samples in eot_passes(x.shape[0], eot, max_batch or default_max_batch(x.device, x.shape[0])):
+    for examples, samples in passes:
+        whole = examples.start == 0 and examples.stop == x.shape[0]
+        part = _one_pass(model, x if whole else x[examples], y if whole else y[examples],
+                         samples.stop - samples.start, loss,
+                         None if y_target is None else y_target if whole else y_target[examples], margins)
         copies = samples.stop - samples.start
-        leaf = x[examples].detach().requires_grad_(True)
-        labels = y[examples].repeat(copies)
-        targets = None if y_target is None else y_target[examples].repeat(copies)
-        with torch.enable_grad():
-            logits = model(leaf if copies == 1 else leaf.repeat(copies, *ones))
-            per_copy = loss_function(loss, targets)(logits, labels)
-            step_grad, = torch.autograd.grad(per_copy.sum(), leaf)
-        grad[examples] += step_grad.detach()
-        logits = logits.detach()
-        loss_sum[examples] += per_copy.detach().view(copies, -1).sum(0)
-        correct[examples] += (logits.argmax(1) == labels).view(copies, -1).float().sum(0)
-        margin_sum[examples] += margin(logits, labels).view(copies, -1).sum(0)
+        grad[examples] += part.grad * copies
+        loss_sum[examples] += part.loss * copies
+        correct[examples] += part.correct_rate * copies
+        margin_sum[examples] += part.margin * copies
     return EOTEstimate(grad / eot, loss_sum / eot, correct / eot, margin_sum / eot)
+
+
+def _one_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int, loss: str,
+              y_target: torch.Tensor | None, margins: bool) -> EOTEstimate:
+    """`copies` EOT copies of x in one forward/backward pass: per example means over the copies."""
+    leaf = x.detach().requires_grad_(True)
+    labels = y if copies == 1 else y.repeat(copies)
+    targets = y_target if y_target is None or copies == 1 else y_target.repeat(copies)
+    with torch.enable_grad():
+        logits = model(leaf if copies == 1 else leaf.repeat(copies, *[1] * (x.dim() - 1)))
+        per_copy = loss_function(loss, targets)(logits, labels)
+        grad, = torch.autograd.grad(per_copy.sum(), leaf)
+    logits = logits.detach()
+    correct = (logits.argmax(1) == labels).to(x.dtype)
+    margin_now = margin(logits, labels).to(x.dtype) if margins else torch.zeros_like(correct)
+    if copies == 1:
+        return EOTEstimate(grad, per_copy.detach().to(x.dtype), correct, margin_now)
+    return EOTEstimate(grad / copies, per_copy.detach().view(copies, -1).mean(0).to(x.dtype),
+                       correct.view(copies, -1).mean(0), margin_now.view(copies, -1).mean(0))
 
 
 @dataclass
@@ -180,6 +214,7 @@ class APGD:
     rho: float = 0.75
     max_batch: int | None = None
     stop_when_misclassified: bool = False
+    margins: bool = True
 
     def __post_init__(self) -> None:
         if self.norm not in ("Linf", "L2"):
@@ -191,7 +226,8 @@ class APGD:
                              f"eot={self.eot}, max_batch={self.max_batch}")
 
     def estimate(self, model: nn.Module, x_adv: torch.Tensor, s: dict[str, torch.Tensor]) -> EOTEstimate:
-        return eot_estimate(model, x_adv, s["y"], self.eot, self.loss, s.get("y_target"), self.max_batch)
+        return eot_estimate(model, x_adv, s["y"], self.eot, self.loss, s.get("y_target"), self.max_batch,
+                            self.margins)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             y_target: torch.Tensor | None = None) -> APGDRun:

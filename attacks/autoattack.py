@@ -175,7 +175,8 @@ class AutoAttackBase(Attack):
                        num_classes: int, y_target: torch.Tensor | None, stochastic: bool) -> list[Candidate]:
         if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
             apgd = APGD(eps=self.eps, norm=self.norm, steps=self.apgd_steps, loss=APGD_LOSS[name], eot=self.eot,
-                        rho=self.rho, max_batch=self.max_batch, stop_when_misclassified=not stochastic)
+                        rho=self.rho, max_batch=self.max_batch, stop_when_misclassified=not stochastic,
+                        margins=not stochastic)
             run = apgd.run(model, x, y, y_target)
             if stochastic:  # EOT statistics of the attack's own passes decide nothing: the driver scores
                 return [Candidate(run.least_correct.x), Candidate(run.highest_loss.x)]
