@@ -1,5 +1,6 @@
-"""AutoAttack and its parts through pyautoattack: `aa` (standard), `randaa` (for randomised defences),
-`apgd_ce`, `apgd_dlr` and `square`, with every budget exposed.
+"""AutoAttack and its parts: `aa` (standard), `randaa` (for randomised defences), `apgd_ce`, `apgd_dlr` and
+`square`, with every budget exposed. APGD is the harness's own (attacks.apgd: pyautoattack's iterates on a
+deterministic model, with batched EOT); FAB and Square are pyautoattack's.
 
 pyautoattack's own driver (`AutoAttack.run_standard_evaluation`) is not used, for three known problems with
 stochastic defences:
@@ -11,15 +12,21 @@ stochastic defences:
 - it judges clean and adversarial correctness from one noisy forward pass, returns the clean x for points
   that looked misclassified once, and for points that looked robust once, even when the attack found a
   point of higher loss. Here every point still correct on some of `selection_draws` passes is attacked, and
-  of all candidates (APGD's first misclassified iterate and its highest-loss iterate, Square's best point,
+  of all candidates (APGD's least-often-correct iterate and its highest-loss iterate, Square's best point,
   FAB's result) each point keeps the one that the fewest draws classify correctly, ties broken by the
-  larger mean margin. The harness then re-checks the result with K draws (attacks.protocol);
+  larger mean margin. Each candidate is scored with `selection_draws` passes, only where it differs from the
+  point's other candidates of that run. The harness then re-checks the result with K draws (attacks.protocol);
 - it reads `n_iter` only at construction for APGD's step-size checkpoints; here the components are built
   with their final budgets.
-For a deterministic model (one selection draw) this is AutoAttack's cascade exactly: each component runs on
-the points that survived the previous ones and a point is done once misclassified. Target class counts are
-capped at (classes - 1): pyautoattack raises IndexError otherwise on datasets with fewer than 10 classes.
-The EOT loop inside APGD (`eot`) is pyautoattack's (sequential); batched EOT is `pgd_eot`'s.
+For a deterministic model this is AutoAttack's cascade exactly: each component runs on the points that
+survived the previous ones and a point is done once misclassified. There, nothing is scored twice: one
+scoring pass of the clean points, APGD's candidates come with their correctness and margin from its own
+passes, a point leaves APGD as soon as it is misclassified (attacks.apgd: the others' iterates are unchanged),
+and FAB's and Square's results take one pass each. Target class counts are capped at (classes - 1) (APGD-T and
+FAB-T would otherwise index past the classes on datasets with fewer than 10). APGD-T's targets come from the
+clean logits (mean of `selection_draws` passes), computed once.
+EOT inside APGD (`eot`) is batched: the copies of a batch in chunked forward/backward passes of at most
+`max_batch` examples (None: the device default of attacks.eot).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from attacks.apgd import APGD
 from attacks.base import Attack, project
 from attacks.protocol import score_points
 from bench.runtime import derive_seed
@@ -37,6 +45,7 @@ from bench.runtime import derive_seed
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 RAND = ("apgd-ce", "apgd-dlr")
+APGD_LOSS = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}
 LOG = logging.getLogger("auto-attack")
 
 
@@ -61,9 +70,12 @@ class AutoAttackBase(Attack):
     seed: int | None = None
     selection_draws: int = 8
     batch_size: int = 500
+    max_batch: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 (or null for the device default), got {self.max_batch}")
         unknown = [a for a in self.attacks if a not in AA_ATTACKS]
         if unknown or not self.attacks:
             raise ValueError(f"unknown AutoAttack component(s) {unknown or self.attacks}; "
@@ -75,13 +87,15 @@ class AutoAttackBase(Attack):
 
     # --- the driver -----------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        draws = self.selection_draws if getattr(model, "stochastic", False) else 1
+        stochastic = bool(getattr(model, "stochastic", False))
+        draws = self.selection_draws if stochastic else 1
         base_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
         best = x.clone()
         best_rate, best_margin = score_points(model, x, y, draws, self.batch_size)
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]
         self._check_applicable(x, num_classes)
+        class_order = self._class_order(model, x, draws) if "apgd-t" in self.attacks else None
         for name in self.attacks:
             for round_ in range(self._rounds(name, num_classes)):
                 todo = (best_rate > 0).nonzero().squeeze(1)
@@ -89,23 +103,55 @@ class AutoAttackBase(Attack):
                     return best
                 for lo in range(0, todo.numel(), self.batch_size):
                     idx = todo[lo:lo + self.batch_size]
+                    y_target = None if class_order is None else class_order[idx, -(round_ + 2)]
                     with _fork_rng(x.device):
                         seed = derive_seed(base_seed, name, round_, lo) % 2**31
                         torch.manual_seed(seed)
-                        candidates = self._run_component(name, round_, seed, model, x[idx], y[idx], num_classes)
-                    for candidate in candidates:
-                        candidate = project(candidate.detach().to(x.dtype), x[idx], self.eps, self.norm)
-                        rate, margin = score_points(model, candidate, y[idx], draws, self.batch_size)
-                        better = (rate < best_rate[idx]) | ((rate == best_rate[idx]) & (margin > best_margin[idx]))
-                        chosen = idx[better]
-                        best[chosen], best_rate[chosen], best_margin[chosen] = \
-                            candidate[better], rate[better], margin[better]
+                        candidates = self._run_component(name, seed, model, x[idx], y[idx], num_classes,
+                                                         y_target, stochastic)
+                    self._keep_better(model, x, y, idx, candidates, draws, (best, best_rate, best_margin))
                 LOG.debug("%s round %d: %d of %d points still correct on some draw", name, round_,
                           int((best_rate > 0).sum()), x.shape[0])
         return best
 
+    def _keep_better(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                     candidates: list[Candidate], draws: int, state: tuple[torch.Tensor, ...]) -> None:
+        """Each point keeps the candidate the fewest draws classify correctly, ties to the larger mean margin.
+
+        A candidate that comes with its own statistics (APGD on a deterministic model: its correctness and
+        margin at that exact point) is not scored again; the others are scored with `draws` passes, each point
+        only where the candidate differs from the ones already scored for it.
+        """
+        best, best_rate, best_margin = state
+        scored: list[torch.Tensor] = []
+        for candidate in candidates:
+            point = candidate.x.detach().to(x.dtype)
+            if candidate.correct_rate is not None:
+                rate, margin, rows = candidate.correct_rate, candidate.margin, idx
+                keep = torch.ones_like(idx, dtype=torch.bool)
+            else:
+                point = project(point, x[idx], self.eps, self.norm)
+                keep = torch.ones_like(idx, dtype=torch.bool)
+                for earlier in scored:
+                    keep &= (point != earlier).flatten(1).any(1)
+                scored.append(point)
+                rows = idx[keep]
+                if rows.numel() == 0:
+                    continue
+                rate, margin = score_points(model, point[keep], y[rows], draws, self.batch_size)
+            better = (rate < best_rate[rows]) | ((rate == best_rate[rows]) & (margin > best_margin[rows]))
+            chosen = rows[better]
+            best[chosen], best_rate[chosen], best_margin[chosen] = point[keep][better], rate[better], margin[better]
+
+    @torch.no_grad()
+    def _class_order(self, model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
+        """Classes of each clean point by mean logit over `draws` passes, ascending: APGD-T's targets."""
+        logits = sum(torch.cat([model(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)])
+                     for _ in range(draws))
+        return logits.sort(dim=1)[1]
+
     def _check_applicable(self, x: torch.Tensor, num_classes: int) -> None:
-        """pyautoattack's components have input limits; say which instead of failing deep inside them."""
+        """The components have input limits; say which instead of failing deep inside them."""
         needs = {"apgd-dlr": 3, "apgd-t": 4}  # DLR reads the 3rd largest logit, targeted DLR the 4th
         for name, classes in needs.items():
             if name in self.attacks and num_classes < classes:
@@ -125,37 +171,41 @@ class AutoAttackBase(Attack):
     def _targets(self, num_classes: int) -> int:
         return max(1, min(self.target_classes, num_classes - 1))
 
-    def _run_component(self, name: str, round_: int, seed: int, model: nn.Module, x: torch.Tensor,
-                       y: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
-        from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    def _run_component(self, name: str, seed: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       num_classes: int, y_target: torch.Tensor | None, stochastic: bool) -> list[Candidate]:
+        if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
+            apgd = APGD(eps=self.eps, norm=self.norm, steps=self.apgd_steps, loss=APGD_LOSS[name], eot=self.eot,
+                        rho=self.rho, max_batch=self.max_batch, stop_when_misclassified=not stochastic,
+                        margins=not stochastic)
+            run = apgd.run(model, x, y, y_target)
+            if stochastic:  # EOT statistics of the attack's own passes decide nothing: the driver scores
+                return [Candidate(run.least_correct.x), Candidate(run.highest_loss.x)]
+            return [Candidate(run.least_correct.x, run.least_correct.correct_rate, run.least_correct.margin),
+                    Candidate(run.highest_loss.x, run.highest_loss.correct_rate, run.highest_loss.margin)]
         from pyautoattack.fab_pt import FABAttack_PT
         from pyautoattack.square import SquareAttack
 
         common = {"norm": self.norm, "eps": self.eps, "seed": seed, "device": x.device}
-        if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
-            if name == "apgd-t":
-                apgd = APGDAttack_targeted(model, n_iter=self.apgd_steps, n_restarts=1, eot_iter=self.eot,
-                                           rho=self.rho, n_target_classes=self._targets(num_classes), logger=LOG,
-                                           **common)
-                with torch.no_grad():
-                    apgd.y_target = model(x).sort(dim=1)[1][:, -(round_ + 2)]
-            else:
-                apgd = APGDAttack(model, n_iter=self.apgd_steps, n_restarts=1, loss=name.split("-")[1],
-                                  eot_iter=self.eot, rho=self.rho, logger=LOG, **common)
-            apgd.init_hyperparam(x)
-            highest_loss, _, _, first_misclassified = apgd.attack_single_run(x, y)
-            return [first_misclassified, highest_loss]
         if name in ("fab", "fab-t"):
             targeted = name == "fab-t"
             fab = FABAttack_PT(model, n_restarts=1 if targeted else self.fab_restarts, n_iter=self.fab_steps,
                                targeted=targeted, n_target_classes=self._targets(num_classes), verbose=False,
                                **common)
-            return [fab.perturb(x, y)]
+            return [Candidate(fab.perturb(x, y))]
         square = SquareAttack(model, p_init=self.square_p_init, n_queries=self.square_queries, n_restarts=1,
                               verbose=False, resc_schedule=False, **common)
         square.init_hyperparam(x)
         _, best_point = square.attack_single_run(x, y)
-        return [best_point]
+        return [Candidate(best_point)]
+
+
+@dataclass
+class Candidate:
+    """A component's proposal for each of its points; with its correct rate and margin where already known."""
+
+    x: torch.Tensor
+    correct_rate: torch.Tensor | None = None
+    margin: torch.Tensor | None = None
 
 
 @dataclass

@@ -154,3 +154,15 @@ def test_autoattack_leaves_the_callers_rng_stream_alone_and_is_reproducible(nois
     assert not torch.equal(results[0], results[1])  # another caller seed: other defence randomness
     assert not torch.equal(after[0], after[1])  # not reset to a state fixed by the attack's own seed
 
+
+
+@pytest.mark.parametrize("name, extra_passes", [("apgd_ce", 0), ("apgd_dlr", 0), ("aa", 1)])
+def test_on_a_deterministic_model_the_driver_scores_nothing_twice(cnn, data, name, extra_passes):
+    """Every forward pass without a gradient is the clean scoring pass (n examples), the class-count probe (1)
+    and, for APGD-T, its targets (n): APGD's candidates are judged from APGD's own passes."""
+    _, _, x, y = data
+    components = {"attacks": ["apgd-ce", "apgd-t"]} if name == "aa" else {}  # FAB and Square: gradient-free passes
+    attack = attacks.build(name, eps=EPS, apgd_steps=10, **components)
+    attack(cnn, x, y)
+    counts = attack.counts
+    assert counts["forward_examples"] - counts["backward_examples"] == N + 1 + extra_passes * N
