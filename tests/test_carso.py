@@ -21,7 +21,7 @@ from defences.carso.purifier import Purifier
 from defences.carso.representation import capture, default_layers
 from defences.carso.training import balanced_batch, balanced_counts, batch_slices, kl_beta, learning_rate
 
-# papers/002 Table 5, in the paper's order
+# the CARSO paper Table 5, in the paper's order
 TABLE5_LAYERS = [
     *(f"layer.0.block.{b}.conv_{c}" for b in range(4) for c in (0, 1)),
     "layer.1.block.0.conv_0", "layer.1.block.0.conv_1", "layer.1.block.0.shortcut",

@@ -1,4 +1,4 @@
-"""AToP (papers/004): random transforms, GAN / AE purifiers and adversarial fine-tuning of the purifier."""
+"""AToP: random transforms, GAN / AE purifiers and adversarial fine-tuning of the purifier."""
 
 from defences.atop.model import AToP, AToPParams
 

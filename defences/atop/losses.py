@@ -1,6 +1,6 @@
 """AToP's losses: L_org of each purifier (GAN: adversarial + L1 = L_df; AE: MAE reconstruction) and L_cls.
 
-papers/004 Eq. 9: L = E[D(x')] - E[D(g(t(x')))] + E||x' - g(t(x'))||_1 + lambda * CE(y, f(g(t(x')))).
+the AToP paper Eq. 9: L = E[D(x')] - E[D(g(t(x')))] + E||x' - g(t(x'))||_1 + lambda * CE(y, f(g(t(x')))).
 The first two terms are the GAN game; here the discriminator and the generator take alternating steps
 with either the hinge loss (SN-PatchGAN's, whose generator term is -E[D(g)] exactly as in Eq. 9) or the
 non-saturating loss. Discriminator outputs are patch maps, averaged.

@@ -1,4 +1,4 @@
-"""`atop`: Adversarial Training on Purification (papers/004): y = f(g(t(x))) with a frozen classifier f.
+"""`atop`: Adversarial Training on Purification (the AToP paper): y = f(g(t(x))) with a frozen classifier f.
 
 t is a random transform (RT1, RT2 or RT3), g a purifier (GAN inpainting generator or masked denoising
 AE) pre-trained with L_org and, with `finetune: true`, fine-tuned with L_org(x') + lambda * CE(f(g(t(x'))), y)
@@ -35,7 +35,7 @@ DIAGNOSTIC_EXAMPLES = 512
 
 @dataclass
 class AToPParams:
-    """Settings with papers/004's values (§4.1) where it gives them; the rest documented per field."""
+    """Settings with the AToP paper's values (§4.1) where it gives them; the rest documented per field."""
 
     # random transform (§3.1, §4.1): RT2 is the paper's main setting (§4.2)
     transform: str = "rt2"

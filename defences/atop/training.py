@@ -1,4 +1,4 @@
-"""Training AToP's purifier: pre-training with L_org, then fine-tuning per Algorithm 1 (papers/004 §3.2).
+"""Training AToP's purifier: pre-training with L_org, then fine-tuning per Algorithm 1 (the AToP paper §3.2).
 
 Both phases share one loop. Per batch: (fine-tuning only) x' = FGSM(eps) against the frozen classifier;
 x_hat = g(t(x')) with fresh random transforms; for the GAN purifier one discriminator step on

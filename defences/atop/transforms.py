@@ -1,10 +1,10 @@
-"""AToP's random transforms RT1-RT3 (papers/004 §3.1): patch masks, Gaussian noise and the RT3 composition.
+"""AToP's random transforms RT1-RT3 (the AToP paper §3.1): patch masks, Gaussian noise and the RT3 composition.
 
 Masks are "keep" masks: 1 where a pixel is kept, 0 where it is missing, shape (B, 1, H, W), one per example.
 The image is cut into a grid of p x p patches with p = side / patches_per_side (8 in the paper, so p = 4 on
 32x32 images); a patch is missing or kept as a whole.
 
-- RT1: x_t = m * x, each patch missing independently with probability r (the missing rate; papers/004 §3.1:
+- RT1: x_t = m * x, each patch missing independently with probability r (the missing rate; the AToP paper §3.1:
   patches "randomly missing with missing rate r"), fresh per example. `mask_mode: fixed_count` instead
   removes exactly round(r * #patches) patches per example.
 - RT2: x_t = m * (x + eta), eta ~ N(0, sigma^2), the same mask law as RT1.

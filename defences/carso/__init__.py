@@ -1,4 +1,4 @@
-"""CARSO (papers/002): adversarial purification conditioned on the classifier's internal representation.
+"""CARSO (the CARSO paper): adversarial purification conditioned on the classifier's internal representation.
 
 `Carso` is the defence (registry name `carso`); `aggregate(logits (N, B, C), method)` the robust
 aggregation of the classifier's logits over N reconstructions into log-probabilities (B, C).

@@ -1,4 +1,4 @@
-"""How CARSO turns the classifier's logits on N reconstructions into one prediction (papers/002 §4.5).
+"""How CARSO turns the classifier's logits on N reconstructions into one prediction (the CARSO paper §4.5).
 
 `aggregate(logits, method)` takes logits of shape (N, B, C) (N reconstructions of B inputs, C classes) and
 returns log-probabilities of shape (B, C):

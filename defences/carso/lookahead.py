@@ -1,7 +1,7 @@
 """Lookahead (Zhang et al. 2019) around any torch optimiser: slow weights pulled towards the fast ones.
 
 Every `steps` inner steps: slow <- slow + alpha * (fast - slow), then fast <- slow. CARSO uses it around
-RAdam with steps = 6, alpha = 0.8 (papers/002 Table 14). The learning rate lives in the inner optimiser's
+RAdam with steps = 6, alpha = 0.8 (the CARSO paper Table 14). The learning rate lives in the inner optimiser's
 param groups (`param_groups` is exposed for schedulers); `state_dict` holds the inner state, the slow
 weights and the step counter, so training resumes exactly. At the end of training `use_slow_weights`
 keeps the slow (averaged) weights, as the authors' public CARSO code does before saving.

@@ -1,4 +1,4 @@
-"""`carso`: the CARSO defence (papers/002): a frozen classifier plus a representation-conditional VAE purifier.
+"""`carso`: the CARSO defence (the CARSO paper): a frozen classifier plus a representation-conditional VAE purifier.
 
 Inference (decoder only): capture the classifier's representation of x, compress it, decode `samples`
 reconstructions from z ~ N(0, I), classify them all with the same classifier (chunks of `max_batch`),

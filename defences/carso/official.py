@@ -1,4 +1,4 @@
-"""The authors' published CARSO checkpoints, loaded into this harness's `carso` (papers/002; emaballarin/CARSO).
+"""The authors' published CARSO checkpoints, loaded into this harness's `carso` (the CARSO paper; emaballarin/CARSO).
 
 The CARSO repository's `models/get_models_test.sh` lists, per scenario, the classifier and the purifier
 in three safetensors files, each written by `safetensors.torch.save_model` of one submodule of its
@@ -48,7 +48,7 @@ from defences.carso.params import CarsoParams
 PARTS = ("repr_compressors", "repr_fcn_compressor", "decoder")
 DOWNLOAD_SCRIPT = "https://github.com/emaballarin/CARSO/blob/main/models/get_models_test.sh"
 
-# Published classifier file and purifier release prefix, per scenario of papers/002 Table 2.
+# Published classifier file and purifier release prefix, per scenario of the CARSO paper Table 2.
 RELEASES: dict[str, tuple[str, str]] = {
     "cifar10": ("cifar10_a3_b10_t4_20m_w.safetensors", "wrn_28_10_cifar_10_cui_2023"),
     "cifar100": ("cifar100_a5_b12_t4_50m_w.safetensors", "wrn_28_10_cifar_100_cui_2023"),

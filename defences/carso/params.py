@@ -1,4 +1,4 @@
-"""CARSO's settings with the paper's defaults (papers/002 Tables 12-14, scenario (a) CIFAR-10), validated.
+"""CARSO's settings with the paper's defaults (the CARSO paper Tables 12-14, scenario (a) CIFAR-10), validated.
 
 Architecture sizes left at None follow the image size: below 64x64 the CIFAR values of Table 13
 (fcrepr 512, fjoint 128) and the 3-convolution representation encoder of Table 6; from 64x64 on the

@@ -1,6 +1,6 @@
 """CARSO's purifier: a conditional VAE over images, conditioned on the classifier's representation.
 
-Architecture of papers/002 Appendix E (Tables 4-11, 13); every block is conv/linear without bias ->
+Architecture of the CARSO paper Appendix E (Tables 4-11, 13); every block is conv/linear without bias ->
 BatchNorm (affine) -> LeakyReLU(0.2):
 - input encoder (training only, Table 4): standardised image -> Conv(C->6, k3 s2 p1) -> Conv(6->12, k3 s2 p1);
 - one representation encoder per captured layer (Tables 6/7): Conv k3 s1 p0 to ceil(c/2), ceil(c/4),

@@ -7,10 +7,10 @@ them; wrap the call in `torch.no_grad()` where they do not (purifier training).
 
 Default layers (`default_layers`, used when the `layers` parameter is None), found by inspecting the model:
 - WideResNet in the DeepMind/RobustBench layout (`layer.{g}.block.{b}.conv_{0,1}`): the paper's list
-  (papers/002 Table 5): conv_0 and conv_1 of every block plus the shortcuts of `layer.1.block.0` and
+  (the CARSO paper Table 5): conv_0 and conv_1 of every block plus the shortcuts of `layer.1.block.0` and
   `layer.2.block.0`; for WRN-28-10 exactly the 26 layers of Table 5.
 - PreAct ResNet-18 (`layer{1..4}.{0,1}.conv{1,2}`): the earlier preprint's subset for that model
-  (papers/000 Table 7), duplicates removed.
+  (the CARSO preprint Table 7), duplicates removed.
 - Anything else (the small CNN of the digits/MNIST scenarios): the whole representation, as the preprint
   does for its small classifiers: the output of every Conv2d and Linear layer, logits included.
 """

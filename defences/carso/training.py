@@ -1,4 +1,4 @@
-"""Training CARSO's purifier with the classifier frozen (papers/002 §4.4, §5.1, Tables 12 and 14).
+"""Training CARSO's purifier with the classifier frozen (the CARSO paper §4.4, §5.1, Tables 12 and 14).
 
 - Adversarially-balanced batches: each shuffled batch has fraction * B (rounded half up) perturbed examples, split
   evenly between FGSM eps/2, PGD eps/2, FGSM eps and PGD eps (the remainder of the division by four goes
