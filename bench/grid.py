@@ -17,8 +17,10 @@ from typing import Any
 
 import attacks
 import defences
+from attacks.base import NORMS
 from bench.config import ConfigError, RunConfig
 from bench.registry import UnknownNameError
+from bench.validation import check_dataclass_values
 
 
 def content_key(payload: Any, length: int = 16) -> str:
@@ -110,9 +112,14 @@ def _resolve_defence(spec: dict[str, Any], scenario_defaults: dict[str, Any], wh
     given = {k: v for k, v in spec.items() if k not in ("name", "base")}
     try:
         cls = defences.defence_class(name)
-        params = asdict(cls.make_params({**scenario_defaults.get(name, {}), **given}))
+        settings = {**scenario_defaults.get(name, {}), **given}
+        check_dataclass_values(cls.Params, settings, owner=where)
+        built = cls.make_params(settings)
+        if callable(getattr(built, "validate", None)):  # checks a class keeps for fit time, run now
+            built.validate()
+        params = asdict(built)
     except (UnknownNameError, ValueError, TypeError, ImportError) as error:
-        raise ConfigError(f"{where}: {error}") from error
+        raise ConfigError(_located(where, error)) from error
     return name, params
 
 
@@ -120,16 +127,24 @@ def _resolve_attack(spec: dict[str, Any], scenario_norm: str, scenario_eps: floa
     name = spec["name"]
     given = {k: v for k, v in spec.items() if k != "name"}
     given.setdefault("norm", scenario_norm)
+    if given["norm"] not in NORMS:
+        raise ConfigError(f"{where}.norm={given['norm']!r} is not valid; valid: {', '.join(NORMS)}")
     if "eps" not in given:
         if given["norm"] != scenario_norm:
             raise ConfigError(f"{where}: the attack's norm {given['norm']} differs from the scenario's "
                               f"{scenario_norm}: give its eps explicitly")
         given["eps"] = scenario_eps
     try:
+        check_dataclass_values(attacks.attack_class(name), given, owner=where)
         attack = attacks.build(name, **given)
     except (UnknownNameError, ValueError, TypeError, ImportError) as error:
-        raise ConfigError(f"{where}: {error}") from error
+        raise ConfigError(_located(where, error)) from error
     return name, attack
+
+
+def _located(where: str, error: Exception) -> str:
+    message = str(error)
+    return message if message.startswith(where) else f"{where}: {message}"
 
 
 def expand(config: RunConfig) -> Plan:

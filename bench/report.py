@@ -118,8 +118,16 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     return written
 
 
+USAGE = """usage: python -m bench.report [grid=NAME|grid=FILE.yaml] [results_dir=PATH]
+
+Re-renders the tables, figures and index.html of results_dir/<grid>/ from its cell records alone."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
     options = {"grid": "demo", "results_dir": "results"}
     for item in argv:
         key, sep, value = item.partition("=")

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import records
-from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose
+from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
 from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
 from bench.grid import Plan, expand
 from bench.jobs import configure_logging, record_path, write_plan
 from bench.progress import format_seconds
-from bench.runtime import configure_threads
+from bench.runtime import configure_threads, resolve_device
 from bench.stages import DONE_FILE
 
 LOG = logging.getLogger("bench.run")
@@ -80,9 +80,20 @@ def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
         collect_finished_jobs(plan, JobBook(jobs_file))
 
 
+def check_device(options: dict[str, Any]) -> None:
+    """A device this machine lacks is an error now, unless the work runs elsewhere (SLURM nodes)."""
+    if options["executor"] == "slurm":
+        return
+    try:
+        resolve_device(options["device"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     options = dict(config.options)
     options["scenario_overrides"] = config.scenario_overrides
+    check_device(options)
     plan = expand(config)
     plan.options = options
     results_dir = config.results_dir()
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(config.options["threads"])
         summary = run(config)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
