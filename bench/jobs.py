@@ -19,10 +19,15 @@ from bench.runtime import configure_threads
 
 
 def write_plan(plan: Plan, results_dir: Path) -> Path:
+    """Write the plan under a name of its content (what this run's jobs read: a concurrent run with other
+    settings cannot change it under them) and as plan.json (the latest, for bench.status and bench.report)."""
+    from bench.grid import content_key
     from bench.records import write_json_atomic
 
-    path = results_dir / ".plan" / "plan.json"
-    write_json_atomic(path, plan.to_json())
+    data = plan.to_json()
+    path = results_dir / ".plan" / f"plan-{content_key(data)}.json"
+    write_json_atomic(path, data)
+    write_json_atomic(results_dir / ".plan" / "plan.json", data)
     return path
 
 
