@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,34 @@ def read_plan(plan_path: str | Path) -> Plan:
     return Plan(grid=raw["grid"], options=raw["options"],
                 stages={k: TrainStage(**v) for k, v in raw["stages"].items()},
                 cells=[EvalCell(**c) for c in raw["cells"]])
+
+
+PARENT_ENV = "BENCH_PARENT_PID"
+
+
+def end_with_parent(poll_s: float = 1.0) -> None:
+    """In a job of the local executor: exit when the bench.run that started it has gone (killed, say), so
+    no orphan keeps computing; its locks are then taken over as a dead owner's by the next run."""
+    import os
+    import socket
+    import threading
+
+    host, _, parent = os.environ.get(PARENT_ENV, "").rpartition(":")
+    if host != socket.gethostname() or not parent.isdigit() or int(parent) == os.getpid():
+        return  # not started by a local executor on this machine
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(int(parent), 0)
+            except ProcessLookupError:
+                logging.getLogger("bench.jobs").error("bench.run (pid %s) has gone; ending this job", parent)
+                os._exit(143)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -75,6 +104,7 @@ class StageJob(Checkpointable):
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
         configure_threads(plan.options.get("threads"))
+        end_with_parent()
         return run_training_stage(plan.stages, self.stage_key, plan.options)
 
 
@@ -91,6 +121,7 @@ class CellJob(Checkpointable):
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
         configure_threads(plan.options.get("threads"))
+        end_with_parent()
         cell = next(c for c in plan.cells if c.key == self.cell_key)
         return run_eval_cell(plan.stages, cell, plan.options, record_path(plan, cell))
 

@@ -1,5 +1,6 @@
 """Local executor: every stage and cell is a submitit LocalExecutor job (its own process and log file).
 
+Jobs end with this process (killed, or interrupted with Ctrl-C): none keeps computing as an orphan.
 At most `max_parallel` jobs run at once (submitit's local executor would start them all together, which
 thrashes a small machine). Jobs of one stage level finish before the next level or the cells start.
 """
@@ -7,13 +8,15 @@ thrashes a small machine). Jobs of one stage level finish before the next level 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from bench.jobs import CellJob, StageJob
+from bench.jobs import PARENT_ENV, CellJob, StageJob
 
 LOG = logging.getLogger("bench.executors")
 
@@ -31,6 +34,16 @@ class LocalExecutor:
         limit = max(1, int(self.options.get("max_parallel", 1)))
         poll = float(self.options.get("poll_s", 1.0))
         waiting, running, outcomes = list(jobs.items()), {}, {}
+        try:
+            self._loop(waiting, running, outcomes, limit, poll)
+        finally:  # interrupted (Ctrl-C) or failed: no job outlives this run
+            for name, job in running.items():
+                if not job.done():
+                    LOG.warning("stopping local job %s (%s)", job.job_id, name)
+                    job.cancel()
+        return outcomes
+
+    def _loop(self, waiting: list, running: dict, outcomes: dict, limit: int, poll: float) -> None:
         while waiting or running:
             while waiting and len(running) < limit:
                 name, function = waiting.pop(0)
@@ -47,9 +60,10 @@ class LocalExecutor:
                     del running[name]
             if running:
                 time.sleep(poll)
-        return outcomes
 
     def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
+        # inherited by the jobs: they end when this process does
+        os.environ[PARENT_ENV] = f"{socket.gethostname()}:{os.getpid()}"
         outcomes: dict[str, Any] = {}
         for level in stage_levels:
             outcomes.update(self._run_window({key: StageJob(str(plan_path), key) for key in level}))
