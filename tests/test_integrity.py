@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -231,3 +232,28 @@ def test_dead_owner_lock_is_taken_over_live_one_is_not(tmp_path):
     assert other.try_acquire() or other.try_acquire()
     other.release()
     assert not path.exists()
+
+
+# --- bench.status ------------------------------------------------------------------------------------
+
+def test_status_reads_the_folders_given_after_a_move(tiny_grid, tmp_path, monkeypatch, capsys):
+    from bench.jobs import write_plan
+    from bench.status import main as status_main
+
+    args = tiny_grid()
+    plan = expand(compose(args))
+    write_plan(plan, tmp_path / "results" / "tiny_test")
+    cell = plan.cells[0]
+    records.write_json_atomic(record_path(plan, cell), valid_record(cell))
+    (tmp_path / "results").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    grid_file = args[0].partition("=")[2]
+    assert status_main([f"grid={grid_file}", "results_dir=moved"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"{re.escape(cell.label)}\s+done", out), out
+    assert "cells: 1 done, 3 pending" in out
+    # without a plan (a copied or committed results folder) the grid is planned from its config
+    for path in (tmp_path / "moved" / "tiny_test" / ".plan").iterdir():
+        path.unlink()
+    assert status_main([f"grid={grid_file}", "results_dir=moved", f"artifacts_dir={tmp_path / 'artifacts'}"]) == 0
+    assert "cells: 1 done, 3 pending" in capsys.readouterr().out
