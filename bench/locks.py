@@ -80,13 +80,18 @@ class WorkLock:
         self._thread: threading.Thread | None = None
 
     def try_acquire(self) -> bool:
+        """Take the lock if it is free or its owner is dead; False while a live owner holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         owner = _owner()
         try:
             descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            self._take_over_if_dead()
-            return False
+            if not self._take_over_if_dead():
+                return False
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:  # another contender was quicker
+                return False
         with os.fdopen(descriptor, "w") as handle:
             json.dump(owner, handle)
             handle.flush()
@@ -97,22 +102,27 @@ class WorkLock:
         self._thread.start()
         return True
 
-    def _take_over_if_dead(self) -> None:
+    def _take_over_if_dead(self) -> bool:
+        """Remove the lock when its owner is dead; True when it is gone (taken over, or released meanwhile)."""
         holder = _read(self.path)
+        if holder is None:
+            return True
         if not is_dead(self.path, holder, self.stale_after_s):
-            return
+            return False
         moved = self.path.with_name(f".{self.path.name}.dead.{uuid.uuid4().hex[:8]}")
         try:
             self.path.rename(moved)
         except FileNotFoundError:
-            return  # another contender took it over first
-        if _read(moved) != holder:  # a fresh lock replaced the dead one in between: give it back
+            return True  # another contender removed it first
+        taken = _read(moved) == holder
+        if not taken:  # a fresh lock replaced the dead one in between: give it back
             with contextlib.suppress(OSError):
                 os.link(moved, self.path)
         else:
-            LOG.warning("took over the lock %s of a dead owner (%s pid %s)", self.path, (holder or {}).get("host"),
-                        (holder or {}).get("pid"))
+            LOG.warning("took over the lock %s of a dead owner (%s pid %s)", self.path, holder.get("host"),
+                        holder.get("pid"))
         moved.unlink(missing_ok=True)
+        return taken
 
     def acquire(self, poll_s: float = 1.0, log_every_s: float = 60.0) -> None:
         """Wait until the lock is ours (another live process holds it: wait for it to finish)."""

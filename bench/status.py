@@ -127,7 +127,13 @@ def stage_file_state(plan: Plan, key: str) -> str | None:
 
 
 def cell_file_state(plan: Plan, cell: EvalCell) -> str | None:
-    return records.record_status(record_path(plan, cell))
+    return records.record_status(record_path(plan, cell), cell.key)
+
+
+def _stale(plan: Plan, cell: EvalCell) -> bool:
+    """An older record of the same settings, computed by other code or from other inputs, is on disk."""
+    path = record_path(plan, cell)
+    return bool(cell.settings_key and records.same_settings_records(path.parent, cell.record_name, cell.settings_key))
 
 
 def _death_note(job: dict[str, Any], job_state: str) -> str:
@@ -182,6 +188,7 @@ def collect_finished_jobs(plan: Plan, book: JobBook, states: dict[str, str] | No
 def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[str, Any]]:
     """One row per stage and cell: kind, label, state (done/running/pending/failed), job id, log."""
     rows = []
+    cells = {cell.key: cell for cell in plan.cells}
     items = [("train", key, plan.stages[key].label, stage_file_state(plan, key)) for key in plan.stages]
     items += [("eval", cell.key, cell.label, cell_file_state(plan, cell)) for cell in plan.cells]
     for kind, key, label, found in items:
@@ -190,6 +197,8 @@ def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[
         word = state_word(job_state) if job else "ended"
         # a job at work overrides an earlier attempt's failure
         state = word if word != "ended" else found or "pending"
+        if state == "pending" and kind == "eval" and _stale(plan, cells[key]):
+            state = "stale"
         rows.append({"kind": kind, "key": key, "label": label, "state": state,
                      "error": _last_error_line(plan, kind, key) if state == "failed" else "",
                      "job_id": job["job_id"] if job else None, "job_state": job_state,
