@@ -7,9 +7,12 @@ thrashes a small machine). Jobs of one stage level finish before the next level 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,13 @@ import submitit
 from bench.jobs import PARENT_ENV, CellJob, StageJob
 
 LOG = logging.getLogger("bench.executors")
+
+
+def _stop(job: Any) -> None:
+    """SIGTERM to a local job's controller (its pid is the job id), which passes it on to the job's process;
+    the job process also ends by itself once this process has gone (bench.jobs.end_with_parent)."""
+    with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+        os.kill(int(job.job_id), signal.SIGTERM)
 
 
 class LocalExecutor:
@@ -40,14 +50,25 @@ class LocalExecutor:
             for name, job in running.items():
                 if not job.done():
                     LOG.warning("stopping local job %s (%s)", job.job_id, name)
-                    job.cancel()
+                    _stop(job)
         return outcomes
+
+    def _submit(self, function: Any) -> Any:
+        """Start a job that ignores SIGINT: a Ctrl-C reaches this process alone, which stops the jobs itself
+        (submitit's job controller would print a traceback); the jobs end with this process in any case."""
+        if threading.current_thread() is not threading.main_thread():
+            return self.executor.submit(function)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return self.executor.submit(function)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _loop(self, waiting: list, running: dict, outcomes: dict, limit: int, poll: float) -> None:
         while waiting or running:
             while waiting and len(running) < limit:
                 name, function = waiting.pop(0)
-                running[name] = self.executor.submit(function)
+                running[name] = self._submit(function)
                 LOG.info("submitted local job %s for %s (log: %s)", running[name].job_id, name,
                          running[name].paths.stdout)
             for name, job in list(running.items()):
