@@ -245,8 +245,8 @@ def provenance_summary(records: list[dict[str, Any]], plan: Any = None) -> dict[
      "unknown": [label, ...], # records without commit information (not in a git checkout)
      "stale": [{"record": label, "key": str, "current_key": str, "changed": [file, ...]}, ...]}
 
-    A record is stale when `plan` (a bench.grid.Plan) has a cell with its settings key but another key;
-    `changed` names the code files and inputs whose digests differ.
+    A record is stale when `plan` (a bench.grid.Plan, or the dict of plan.json) has a cell with its settings
+    key but another key; `changed` names the code files and inputs whose digests differ.
     """
     counts: dict[tuple[str | None, bool | None], int] = {}
     dirty, unknown = [], []
@@ -277,16 +277,18 @@ def commit_and_dirty(record: dict[str, Any]) -> tuple[str | None, bool | None]:
 def stale_records(records: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
     from bench.fingerprint import changes
 
-    current = {cell.settings_key: cell for cell in plan.cells if cell.settings_key}
+    cells = plan.cells if hasattr(plan, "cells") else plan.get("cells", [])  # a Plan, or plan.json's content
+    as_dict = [cell if isinstance(cell, dict) else vars(cell) for cell in cells]
+    current = {cell["settings_key"]: cell for cell in as_dict if cell.get("settings_key")}
     stale = []
     for record in records:
         cell = current.get(record.get("settings_key"))
-        if cell is None or cell.key == record.get("key"):
+        if cell is None or cell["key"] == record.get("key"):
             continue
-        old = record.get("fingerprint") or {}
+        old, new = record.get("fingerprint") or {}, cell.get("fingerprint") or {}
         changed = [name for part in ("code", "stage_code", "stage_inputs")
-                   for name in changes(old.get(part), cell.fingerprint.get(part, {}))]
-        stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell.key,
+                   for name in changes(old.get(part), new.get(part, {}))]
+        stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell["key"],
                       "changed": sorted(set(changed)) or ["the stage it builds on"]})
     return stale
 
