@@ -24,7 +24,7 @@ from bench.records import load_records
 
 REPO = Path(__file__).resolve().parent.parent
 VOLATILE = {"started_at", "finished_at", "wall_seconds", "attack_seconds", "host", "log", "slurm_job_id",
-            "hardware", "_path"}
+            "hardware", "git_commit", "git_dirty", "_path"}
 pytestmark = pytest.mark.slow
 
 
@@ -97,7 +97,9 @@ def check_resumed(root: Path, expected: dict[str, dict], executor: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     got = comparable(root)
     assert set(got) == set(expected), "lost cells"
-    assert got == expected, "records differ from the uninterrupted run's"
+    differing = {key: sorted(f for f in set(got[key]) | set(expected[key]) if got[key].get(f) != expected[key].get(f))
+                 for key in got}
+    assert got == expected, f"records differ from the uninterrupted run's in {differing}"
     cells = root / "results" / "tiny" / "cells"
     history = list((cells / "history").glob("*.json")) if (cells / "history").exists() else []
     assert not [p for p in history if '"status": "done"' in p.read_text()], "a cell was computed twice"
