@@ -99,12 +99,12 @@ class StageJob(Checkpointable):
     stage_key: str
 
     def __call__(self) -> str:
+        end_with_parent()
         from bench.stages import run_training_stage
 
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
         configure_threads(plan.options.get("threads"))
-        end_with_parent()
         return run_training_stage(plan.stages, self.stage_key, plan.options)
 
 
@@ -116,12 +116,12 @@ class CellJob(Checkpointable):
     cell_key: str
 
     def __call__(self) -> str:
+        end_with_parent()
         from bench.stages import run_eval_cell
 
         plan = read_plan(self.plan_path)
         configure_logging(plan.options.get("log_level", "INFO"))
         configure_threads(plan.options.get("threads"))
-        end_with_parent()
         cell = next(c for c in plan.cells if c.key == self.cell_key)
         return run_eval_cell(plan.stages, cell, plan.options, record_path(plan, cell))
 
