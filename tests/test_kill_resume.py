@@ -122,7 +122,7 @@ def test_random_interrupts_lose_and_duplicate_nothing(tmp_path, executor, kills)
     span = (time.monotonic() - started) * (2.0 if executor == "local" else 1.0)
     rng = random.Random(f"{executor}-{os.getpid()}")
     root = tmp_path / "interrupted"
-    outcomes = interrupt_at_random(root, executor, kills, rng, longest_s=span / len(kills) * 2)
+    outcomes = interrupt_at_random(root, executor, kills, rng, longest_s=1.5 * span / len(kills))
     print(f"{executor}: {len(kills)} interrupts: {outcomes}")
     check_resumed(root, expected, executor)
 
