@@ -20,6 +20,15 @@ import yaml
 
 from bench.registry import closest_hint
 from bench.scenarios import Scenario, scenario_from_dict
+from bench.validation import (
+    SettingError,
+    as_int,
+    as_seeds,
+    check_dataclass_values,
+    check_eval_setting,
+    check_like_default,
+    check_run_option,
+)
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 KINDS = ("grid", "scenario", "executor")
@@ -57,6 +66,11 @@ class ConfigError(ValueError):
     """A configuration problem, stated with what was wrong and what is valid."""
 
 
+def error_line(error: BaseException) -> str:
+    """An error as the one `error: ...` line the command-line tools print (never a traceback)."""
+    return "error: " + " ".join(str(error).split())
+
+
 def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
 
@@ -66,10 +80,22 @@ def load_conf(kind: str, name: str) -> dict[str, Any]:
     path = Path(name) if name.endswith((".yaml", ".yml")) else CONF_DIR / kind / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown {kind} {name!r}. {closest_hint(name, available(kind))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(error)}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read it: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping, found {type(data).__name__}")
     return data
+
+
+def _yaml_where(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None)
+    return f"{where}: {problem}" if problem else where
 
 
 def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenario:
@@ -77,9 +103,15 @@ def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenari
     for key, value in (overrides or {}).items():
         set_path(raw, key.split("."), value, where=f"scenario {name}", create=True)
     try:
+        check_dataclass_values(Scenario, raw, owner=f"scenarios.{name}")
+        if "dataset" in raw:
+            from bench.data import dataset_info
+
+            dataset_info(raw["dataset"])
         return scenario_from_dict(name, raw)
     except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from error
+        raise ConfigError(f"scenario {name}: {error}" if not str(error).startswith(("scenario", "scenarios"))
+                          else str(error)) from error
 
 
 def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -90,6 +122,7 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise ConfigError(f"grid {name}: unknown key(s) {unknown}. {closest_hint(unknown[0], GRID_KEYS)}")
+    _check_grid_shape(name, grid)
     merged: dict[str, Any] = {"defences": {}, "attacks": {}, "blocks": []}
     for included in grid.get("include", []):
         part = load_grid(included, _seen + (name,))
@@ -135,6 +168,16 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def _check_grid_shape(name: str, grid: dict[str, Any]) -> None:
+    for key, kind in (("defences", dict), ("attacks", dict), ("eval", dict), ("blocks", list), ("include", list)):
+        if grid.get(key) is not None and not isinstance(grid[key], kind):
+            raise ConfigError(f"grid {name}: {key} must be a {'mapping' if kind is dict else 'list'}, "
+                              f"got {grid[key]!r}")
+    for index, block in enumerate(grid.get("blocks") or []):
+        if not isinstance(block, dict):
+            raise ConfigError(f"grid {name}: block {index} must be a mapping, got {block!r}")
+
+
 def set_path(target: dict[str, Any], path: list[str], value: Any, where: str, create: bool = False) -> None:
     node = target
     for depth, key in enumerate(path[:-1]):
@@ -150,7 +193,7 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"cannot parse value {text!r}: {error}") from error
+        raise ConfigError(f"cannot parse value {text!r}{_yaml_where(error)}") from error
 
 
 def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
@@ -191,62 +234,91 @@ class RunConfig:
 
 
 def compose(argv: list[str]) -> RunConfig:
+    """Options, grid, scenario overrides and executor options from `key=value` arguments, all checked."""
     pairs = parse_overrides(argv)
     options = copy.deepcopy(RUN_DEFAULTS)
-    for key, value in pairs:
-        if key in ("grid", "executor"):
-            options[key] = str(value)
-    grid = load_grid(options["grid"])
-    executor_options = load_conf("executor", options["executor"])
-    config = RunConfig(options=options, grid=grid, executor_options=executor_options, argv=list(argv))
-    grid.setdefault("eval", {})
-    for key, value in pairs:
-        head, _, rest = key.partition(".")
-        if key in ("grid", "executor"):
-            continue
-        if not rest and head in RUN_DEFAULTS:
-            options[head] = value
-        elif head in ("defences", "attacks") and rest:
-            entry, _, setting = rest.partition(".")
-            if entry not in grid[head]:
-                raise ConfigError(f"{key}: grid {options['grid']} has no {head[:-1]} {entry!r}. "
-                                  f"{closest_hint(entry, grid[head])}")
-            if not setting:
-                raise ConfigError(f"{key}: name a setting, e.g. {head}.{entry}.epochs=5")
-            set_path(grid[head][entry], setting.split("."), value, where=key, create=True)
-        elif head == "scenarios" and rest:
-            scenario, _, field_path = rest.partition(".")
-            if scenario not in available("scenario"):
-                raise ConfigError(
-                    f"{key}: unknown scenario {scenario!r}. {closest_hint(scenario, available('scenario'))}")
-            config.scenario_overrides.setdefault(scenario, {})[field_path] = value
-        elif head == "eval" and rest:
-            if rest not in EVAL_DEFAULTS:
-                raise ConfigError(f"{key}: unknown eval setting {rest!r}. {closest_hint(rest, EVAL_DEFAULTS)}")
-            grid["eval"][rest] = value
-        elif head == options["executor"] and rest:
-            if rest not in executor_options:
-                raise ConfigError(f"{key}: executor {head} has no option {rest!r}. "
-                                  f"{closest_hint(rest, executor_options)}")
-            executor_options[rest] = value
-        else:
-            valid = sorted(RUN_DEFAULTS) + ["defences.<key>.<setting>", "attacks.<key>.<setting>",
-                                            "scenarios.<name>.<field>", "eval.<setting>",
-                                            f"{options['executor']}.<option>"]
-            raise ConfigError(f"unknown key {key!r}. Valid: {', '.join(valid)}.{_hint(head)}")
+    try:
+        for key, value in pairs:
+            if key in ("grid", "executor"):
+                options[key] = check_run_option(key, value if isinstance(value, str) else str(value))
+        grid = load_grid(options["grid"])
+        executor_options = load_conf("executor", options["executor"])
+        config = RunConfig(options=options, grid=grid, executor_options=executor_options, argv=list(argv))
+        grid.setdefault("eval", {})
+        for key, value in pairs:
+            _apply_override(config, key, value)
+        _check_grid_values(config)
+    except SettingError as error:
+        raise ConfigError(str(error)) from error
+    return config
+
+
+def _apply_override(config: RunConfig, key: str, value: Any) -> None:
+    options, grid, executor_options = config.options, config.grid, config.executor_options
+    head, _, rest = key.partition(".")
+    if key in ("grid", "executor"):
+        return
+    if not rest and head in RUN_DEFAULTS:
+        options[head] = check_run_option(head, value)
+    elif head in ("defences", "attacks") and rest:
+        entry, _, setting = rest.partition(".")
+        if entry not in grid[head]:
+            raise ConfigError(f"{key}: grid {options['grid']} has no {head[:-1]} {entry!r}. "
+                              f"{closest_hint(entry, grid[head])}")
+        if not setting:
+            raise ConfigError(f"{key}: name a setting, e.g. {head}.{entry}.epochs=5")
+        set_path(grid[head][entry], setting.split("."), value, where=key, create=True)
+    elif head == "scenarios" and rest:
+        scenario, _, field_path = rest.partition(".")
+        if scenario not in available("scenario"):
+            raise ConfigError(
+                f"{key}: unknown scenario {scenario!r}. {closest_hint(scenario, available('scenario'))}")
+        if not field_path:
+            raise ConfigError(f"{key}: name a field, e.g. scenarios.{scenario}.eps=0.1")
+        config.scenario_overrides.setdefault(scenario, {})[field_path] = value
+    elif head == "eval" and rest:
+        if rest not in EVAL_DEFAULTS:
+            raise ConfigError(f"{key}: unknown eval setting {rest!r}. {closest_hint(rest, EVAL_DEFAULTS)}")
+        grid["eval"][rest] = value
+    elif head == options["executor"] and rest:
+        if rest not in executor_options:
+            raise ConfigError(f"{key}: executor {head} has no option {rest!r}. "
+                              f"{closest_hint(rest, executor_options)}")
+        executor_options[rest] = check_like_default(key, value, executor_options[rest])
+    else:
+        valid = sorted(RUN_DEFAULTS) + ["defences.<key>.<setting>", "attacks.<key>.<setting>",
+                                        "scenarios.<name>.<field>", "eval.<setting>",
+                                        f"{options['executor']}.<option>"]
+        raise ConfigError(f"unknown key {key!r}. Valid: {', '.join(valid)}.{_hint(head)}")
+
+
+def _check_grid_values(config: RunConfig) -> None:
+    """Counts, seeds and eval settings of the grid (file and command line); the command line wins."""
+    grid, options = config.grid, config.options
     if options["n_examples"] is not None:
-        grid["n_examples"] = int(options["n_examples"])
+        grid["n_examples"] = options["n_examples"]
         for block in grid["blocks"]:
             block.pop("n_examples", None)
     if options["seeds"] is not None:
-        seeds = options["seeds"]
-        grid["seeds"] = list(seeds) if isinstance(seeds, list) else [int(seeds)]
+        grid["seeds"] = options["seeds"]
         for block in grid["blocks"]:
             block.pop("seeds", None)
-    decision = config.eval_settings["decision"]
-    if decision not in DECISIONS:
-        raise ConfigError(f"eval.decision={decision!r} is not valid; valid: {', '.join(DECISIONS)}")
-    return config
+    where = f"grid {config.grid_name}"
+    for index, scope in enumerate([grid, *grid["blocks"]]):
+        label = where if index == 0 else f"{where} block {scope.get('name', index - 1)}"
+        if "n_examples" in scope:
+            as_int(f"{label}: n_examples", scope["n_examples"], minimum=1)
+        if "seeds" in scope:
+            scope["seeds"] = as_seeds(f"{label}: seeds", scope["seeds"])
+        for kind in ("scenarios", "defences", "attacks"):
+            if index and not isinstance(scope.get(kind, []), list):
+                raise ConfigError(f"{label}: {kind} must be a list of names, got {scope[kind]!r}")
+    if not isinstance(grid["eval"], dict):
+        raise ConfigError(f"{where}: eval must be a mapping of settings, got {grid['eval']!r}")
+    for key, value in grid["eval"].items():
+        if key not in EVAL_DEFAULTS:
+            raise ConfigError(f"{where}: unknown eval setting {key!r}. {closest_hint(key, EVAL_DEFAULTS)}")
+        grid["eval"][key] = check_eval_setting(key, value, DECISIONS)
 
 
 def _hint(head: str) -> str:

@@ -4,7 +4,9 @@ A training stage is one fitted defence per (scenario, defence entry, seed); a de
 (CARSO on top of the AT classifier, say) depends on that entry's stage. An evaluation cell is one
 (scenario, defence, attack, seed, n_examples) and loads its stage's artifact. Keys hash everything that
 changes a result: resolved settings (defaults included), the scenario's identity, the code versions of
-the defence and attack, the evaluation protocol, and the keys of the stages it builds on.
+the defence and attack, the evaluation protocol, the keys of the stages it builds on, and the fingerprints
+of the code and input files that compute it (bench.fingerprint says which). The `settings_key` leaves the
+fingerprints out: an older result with the same settings key but another key is *stale*.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from typing import Any
 
 import attacks
 import defences
+from attacks.base import NORMS
 from bench.config import ConfigError, RunConfig
+from bench.fingerprint import cell_code, stage_code, stage_inputs
 from bench.registry import UnknownNameError
+from bench.validation import check_dataclass_values
 
 
 def content_key(payload: Any, length: int = 16) -> str:
@@ -37,6 +42,8 @@ class TrainStage:
     base_stage: str | None
     artifact_dir: str
     identity: dict[str, Any] = field(repr=False, default_factory=dict)
+    settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
+    fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -60,6 +67,8 @@ class EvalCell:
     n_examples: int
     eval: dict[str, Any]
     record_name: str
+    settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
+    fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -110,9 +119,14 @@ def _resolve_defence(spec: dict[str, Any], scenario_defaults: dict[str, Any], wh
     given = {k: v for k, v in spec.items() if k not in ("name", "base")}
     try:
         cls = defences.defence_class(name)
-        params = asdict(cls.make_params({**scenario_defaults.get(name, {}), **given}))
+        settings = {**scenario_defaults.get(name, {}), **given}
+        check_dataclass_values(cls.Params, settings, owner=where)
+        built = cls.make_params(settings)
+        if callable(getattr(built, "validate", None)):  # checks a class keeps for fit time, run now
+            built.validate()
+        params = asdict(built)
     except (UnknownNameError, ValueError, TypeError, ImportError) as error:
-        raise ConfigError(f"{where}: {error}") from error
+        raise ConfigError(_located(where, error)) from error
     return name, params
 
 
@@ -120,16 +134,24 @@ def _resolve_attack(spec: dict[str, Any], scenario_norm: str, scenario_eps: floa
     name = spec["name"]
     given = {k: v for k, v in spec.items() if k != "name"}
     given.setdefault("norm", scenario_norm)
+    if given["norm"] not in NORMS:
+        raise ConfigError(f"{where}.norm={given['norm']!r} is not valid; valid: {', '.join(NORMS)}")
     if "eps" not in given:
         if given["norm"] != scenario_norm:
             raise ConfigError(f"{where}: the attack's norm {given['norm']} differs from the scenario's "
                               f"{scenario_norm}: give its eps explicitly")
         given["eps"] = scenario_eps
     try:
+        check_dataclass_values(attacks.attack_class(name), given, owner=where)
         attack = attacks.build(name, **given)
     except (UnknownNameError, ValueError, TypeError, ImportError) as error:
-        raise ConfigError(f"{where}: {error}") from error
+        raise ConfigError(_located(where, error)) from error
     return name, attack
+
+
+def _located(where: str, error: Exception) -> str:
+    message = str(error)
+    return message if message.startswith(where) else f"{where}: {message}"
 
 
 def expand(config: RunConfig) -> Plan:
@@ -150,15 +172,19 @@ def expand(config: RunConfig) -> Plan:
             if spec["base"] not in grid["defences"]:
                 raise ConfigError(f"defences.{defence_key}.base={spec['base']!r} is not a defence of this grid")
             base = stage_for(scenario_name, spec["base"], seed, chain + (defence_key,))
+        cls = defences.defence_class(name)
         identity = {"scenario": scenario.identity(), "defence": name, "params": params, "seed": seed,
-                    "code_version": defences.defence_class(name).code_version,
-                    "base": base.key if base else None}
-        key = content_key(identity)
+                    "code_version": cls.code_version, "base": base.settings_key if base else None}
+        fingerprint = {"stage_code": {**(base.fingerprint["stage_code"] if base else {}), **stage_code(cls)},
+                       "stage_inputs": {**(base.fingerprint["stage_inputs"] if base else {}),
+                                        **stage_inputs(scenario, options)}}
+        key = content_key({**identity, "base": base.key if base else None, **fingerprint})
         if key not in stages:
             stages[key] = TrainStage(key=key, scenario=scenario_name, defence_key=defence_key, defence_name=name,
                                      params=params, seed=seed, base_stage=base.key if base else None,
                                      artifact_dir=str(artifacts / scenario_name / f"{defence_key}-s{seed}-{key}"),
-                                     identity=identity)
+                                     identity=identity, settings_key=content_key(identity),
+                                     fingerprint=fingerprint)
         return stages[key]
 
     for index, block in enumerate(grid["blocks"]):
@@ -173,11 +199,12 @@ def expand(config: RunConfig) -> Plan:
                     for attack_key in block.get("attacks", []):
                         attack_name, attack = _resolve_attack(grid["attacks"][attack_key], scenario.norm,
                                                               scenario.eps, f"attacks.{attack_key}")
-                        identity = {"stage": stage.key, "attack": attack.settings(),
+                        identity = {"stage": stage.settings_key, "attack": attack.settings(),
                                     "attack_code_version": type(attack).code_version, "eval": eval_settings,
                                     "n_examples": n_examples, "seed": int(seed),
                                     "test_subset_seed": scenario.test_subset_seed}
-                        key = content_key(identity)
+                        fingerprint = {"code": cell_code(type(attack)), **stage.fingerprint}
+                        key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"]})
                         if key in cells:
                             continue
                         cells[key] = EvalCell(
@@ -186,7 +213,8 @@ def expand(config: RunConfig) -> Plan:
                             attack_key=attack_key, attack_name=attack_name, attack_params=attack.settings(),
                             attack_budget=attack.budget(), seed=int(seed), n_examples=n_examples,
                             eval=dict(eval_settings),
-                            record_name=f"{scenario_name}.{defence_key}.{attack_key}.s{seed}.{key}.json")
+                            record_name=f"{scenario_name}.{defence_key}.{attack_key}.s{seed}.{key}.json",
+                            settings_key=content_key(identity), fingerprint=fingerprint)
     if not cells:
         raise ConfigError(f"grid {config.grid_name} expands to no cells: every block needs scenarios, defences "
                           "and attacks")

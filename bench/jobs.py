@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,15 @@ from bench.runtime import configure_threads
 
 
 def write_plan(plan: Plan, results_dir: Path) -> Path:
+    """Write the plan under a name of its content (what this run's jobs read: a concurrent run with other
+    settings cannot change it under them) and as plan.json (the latest, for bench.status and bench.report)."""
+    from bench.grid import content_key
     from bench.records import write_json_atomic
 
-    path = results_dir / ".plan" / "plan.json"
-    write_json_atomic(path, plan.to_json())
+    data = plan.to_json()
+    path = results_dir / ".plan" / f"plan-{content_key(data)}.json"
+    write_json_atomic(path, data)
+    write_json_atomic(results_dir / ".plan" / "plan.json", data)
     return path
 
 
@@ -31,6 +37,34 @@ def read_plan(plan_path: str | Path) -> Plan:
     return Plan(grid=raw["grid"], options=raw["options"],
                 stages={k: TrainStage(**v) for k, v in raw["stages"].items()},
                 cells=[EvalCell(**c) for c in raw["cells"]])
+
+
+PARENT_ENV = "BENCH_PARENT_PID"
+
+
+def end_with_parent(poll_s: float = 1.0) -> None:
+    """In a job of the local executor: exit when the bench.run that started it has gone (killed, say), so
+    no orphan keeps computing; its locks are then taken over as a dead owner's by the next run."""
+    import os
+    import socket
+    import threading
+
+    host, _, parent = os.environ.get(PARENT_ENV, "").rpartition(":")
+    if host != socket.gethostname() or not parent.isdigit() or int(parent) == os.getpid():
+        return  # not started by a local executor on this machine
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(int(parent), 0)
+            except ProcessLookupError:
+                logging.getLogger("bench.jobs").error("bench.run (pid %s) has gone; ending this job", parent)
+                os._exit(143)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -65,6 +99,7 @@ class StageJob(Checkpointable):
     stage_key: str
 
     def __call__(self) -> str:
+        end_with_parent()
         from bench.stages import run_training_stage
 
         plan = read_plan(self.plan_path)
@@ -81,6 +116,7 @@ class CellJob(Checkpointable):
     cell_key: str
 
     def __call__(self) -> str:
+        end_with_parent()
         from bench.stages import run_eval_cell
 
         plan = read_plan(self.plan_path)

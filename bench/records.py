@@ -1,19 +1,30 @@
-"""Cell records: one JSON file per evaluation cell, written atomically, never silently overwritten.
+"""Cell records: one JSON file per evaluation cell, typed, validated on every read, written atomically.
 
-A record is `done` (a result) or `failed` (the error and where its log is): a failed cell is never a result.
-Re-running a grid skips `done` cells; a `failed` record is moved to cells/history/ before its cell is retried,
-so every attempt stays on disk.
+This module is the one owner of a grid's cells/ folder. A record is `done` (a result) or `failed` (the error
+and where its log is): a failed cell is never a result. A file is a record only if it validates against the
+schema (CellRecord, SCHEMA_VERSION) and carries the key its file name says; anything else in cells/ (a
+truncated file, a stray or forged JSON) is moved to cells/quarantine/ with a warning naming it, and never
+counts as done. A failed or stale record is moved to cells/history/ before its cell is computed again, so every
+attempt stays on disk. `provenance_summary` says which commits and tree states the records come from.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import socket
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-SCHEMA_VERSION = 1
+LOG = logging.getLogger("bench.records")
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: records written before keys carried code and input fingerprints
+QUARANTINE = "quarantine"
+HISTORY = "history"
 REQUIRED_FIELDS = (
     "schema_version", "status", "key", "grid", "scenario", "defence", "defence_name", "attack", "attack_name",
     "attack_settings", "seed", "n_examples", "clean_acc", "clean_ci", "robust_acc", "robust_ci",
@@ -22,57 +33,265 @@ REQUIRED_FIELDS = (
 FAILED_FIELDS = ("schema_version", "status", "key", "grid", "scenario", "defence", "attack", "seed", "error")
 
 
+class CellRecord(TypedDict, total=False):
+    """The record schema (version 2). Required: REQUIRED_FIELDS for `done`, FAILED_FIELDS for `failed`.
+
+    Other fields (block, stage, eval_settings, counts, per-draw accuracies, `attack_report`,
+    `randomness_audit`, ...) are optional and kept as they are; the types below are checked when present.
+    """
+
+    schema_version: int
+    status: str                      # "done" | "failed"
+    key: str                         # the cell's key: code, inputs and settings
+    settings_key: str                # the cell's settings alone: the same for a stale result
+    fingerprint: dict[str, dict[str, str]]  # {"code", "stage_code", "stage_inputs"}: file -> digest
+    git_commit: str | None           # the commit (without a '-dirty' suffix since version 2)
+    git_dirty: bool | None           # whether the working tree had uncommitted changes
+    grid: str
+    scenario: str
+    defence: str
+    defence_name: str
+    attack: str
+    attack_name: str
+    attack_settings: dict[str, Any]
+    seed: int
+    n_examples: int
+    clean_acc: float
+    clean_ci: list[float]
+    robust_acc: float
+    robust_ci: list[float]
+    per_example: dict[str, Any]
+    wall_seconds: float
+    packages: dict[str, str]
+    error: str
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,), "status": (str,), "key": (str,), "settings_key": (str,), "fingerprint": (dict,),
+    "git_commit": (str, type(None)), "git_dirty": (bool, type(None)), "grid": (str,), "scenario": (str,),
+    "defence": (str,), "defence_name": (str,), "attack": (str,), "attack_name": (str,),
+    "attack_settings": (dict,), "seed": (int,), "n_examples": (int,), "clean_acc": (int, float),
+    "clean_ci": (list,), "robust_acc": (int, float), "robust_ci": (list,), "per_example": (dict,),
+    "wall_seconds": (int, float), "packages": (dict,), "error": (str,),
+}
+
+
+def validate_record(record: Any) -> list[str]:
+    """Problems that keep a record from being one (empty when it is valid): missing fields, wrong types,
+    impossible values."""
+    if not isinstance(record, dict):
+        return [f"not a JSON object but a {type(record).__name__}"]
+    if record.get("schema_version") not in READABLE_VERSIONS:
+        return [f"schema_version {record.get('schema_version')!r} is not one of {READABLE_VERSIONS}"]
+    if record.get("status") not in ("done", "failed"):
+        return [f"status {record.get('status')!r} is neither 'done' nor 'failed'"]
+    required = REQUIRED_FIELDS if record["status"] == "done" else FAILED_FIELDS
+    problems = [f"missing {name}" for name in required if name not in record]
+    for name, types in _TYPES.items():
+        value = record.get(name)
+        if name in record and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            problems.append(f"{name} is a {type(value).__name__}")
+    if record["status"] == "done" and not problems:
+        problems += _result_problems(record)
+    return problems
+
+
+def _result_problems(record: dict[str, Any]) -> list[str]:
+    problems = []
+    for name in ("clean_acc", "robust_acc"):
+        if not (math.isfinite(record[name]) and 0 <= record[name] <= 1):
+            problems.append(f"{name}={record[name]} is not in [0, 1]")
+    index = record["per_example"].get("index")
+    if not isinstance(index, list) or len(index) != record["n_examples"]:
+        problems.append(f"per_example.index does not hold n_examples={record['n_examples']} entries")
+    return problems
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+def unique_temp(path: Path) -> Path:
+    """A temporary name beside `path`, unique across processes, threads and hosts sharing a filesystem."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, fsync it, then rename over `path`: readers never see half a file."""
+    """Write JSON to a unique temporary file, fsync it, then rename over `path`: readers never see half a
+    file, and two writers never share a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
+    tmp = unique_temp(path)
     try:
-        return json.loads(path.read_text())
+        with tmp.open("w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; None when it does not exist. Invalid JSON raises ValueError naming the file."""
+    try:
+        text = Path(path).read_text()
     except FileNotFoundError:
         return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
 
 
-def record_status(path: Path) -> str | None:
-    record = read_json(path)
-    return None if record is None else record.get("status")
-
-
-def archive(path: Path) -> Path:
-    """Move a record into history/ under a new, unique name; returns the new path."""
-    history = path.parent / "history"
-    history.mkdir(parents=True, exist_ok=True)
+def _move_aside(path: Path, folder_name: str) -> Path | None:
+    folder = path.parent / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = history / f"{path.stem}.{stamp}{path.suffix}"
+    target = folder / f"{path.stem}.{stamp}{path.suffix}"
     counter = 1
     while target.exists():
-        target = history / f"{path.stem}.{stamp}-{counter}{path.suffix}"
-        counter += 1
-    path.replace(target)
+        target, counter = folder / f"{path.stem}.{stamp}-{counter}{path.suffix}", counter + 1
+    try:
+        path.replace(target)
+    except FileNotFoundError:  # another process moved it first
+        return None
     return target
 
 
-def validate_record(record: dict[str, Any]) -> list[str]:
-    """Names of required fields missing from a record (empty when it is well formed)."""
-    required = REQUIRED_FIELDS if record.get("status") == "done" else FAILED_FIELDS
-    return [name for name in required if name not in record]
+def archive(path: Path) -> Path | None:
+    """Move a record into history/ under a new, unique name; returns the new path."""
+    return _move_aside(path, HISTORY)
+
+
+def quarantine(path: Path, reason: str) -> Path | None:
+    """Move a file that is not a valid record out of cells/, with a warning that names it and says why."""
+    target = _move_aside(path, QUARANTINE)
+    if target is not None:
+        LOG.warning("moved %s to %s: it is not a valid cell record (%s)", path, target, reason)
+    return target
+
+
+def read_record(path: Path, key: str | None = None) -> dict[str, Any] | None:
+    """The valid record at `path` (None when there is none); an invalid file, or one whose key is not
+    `key`, is quarantined."""
+    try:
+        record = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        quarantine(path, str(error))
+        return None
+    except IsADirectoryError:
+        return None
+    if record is None:
+        return None
+    problems = validate_record(record)
+    expected = key if key is not None else _key_in_name(path)
+    if not problems and expected is not None and record.get("key") != expected:
+        problems = [f"its key {record.get('key')!r} is not the {expected!r} its name or cell says"]
+    if problems:
+        quarantine(path, "; ".join(problems[:4]))
+        return None
+    return record
+
+
+def _key_in_name(path: Path) -> str | None:
+    """Record names end in .<key>.json (scenario.defence.attack.sSEED.KEY.json)."""
+    parts = path.name.split(".")
+    return parts[-2] if len(parts) >= 3 and parts[-1] == "json" else None
+
+
+def record_status(path: Path, key: str | None = None) -> str | None:
+    """'done' or 'failed' for a valid record with the right key; None otherwise (nothing, or quarantined)."""
+    record = read_record(path, key)
+    return None if record is None else record["status"]
 
 
 def load_records(cells_dir: Path) -> list[dict[str, Any]]:
-    """Every record in a grid's cells/ folder (not history/), skipping files being written."""
-    records = []
-    for path in sorted(cells_dir.glob("*.json")):
-        if path.name.startswith("."):
+    """Every valid record in a grid's cells/ folder (not history/ or quarantine/); anything else there that is
+    not a record being written, a partial result or a lock is quarantined."""
+    found = []
+    for path in sorted(Path(cells_dir).iterdir()) if Path(cells_dir).is_dir() else []:
+        if path.is_dir() or path.name.startswith(".") or path.name.endswith((".partial", ".lock")):
             continue
-        record = read_json(path)
+        if path.suffix != ".json":
+            quarantine(path, "not a .json record")
+            continue
+        record = read_record(path)
         if record is not None:
             record["_path"] = str(path)
-            records.append(record)
-    return records
+            found.append(record)
+    return found
+
+
+def same_settings_records(cells_dir: Path, record_name: str, settings_key: str) -> list[tuple[Path, dict]]:
+    """Records of the same cell identity (scenario, defence, attack, seed and settings) in cells/, whatever
+    their key: results of other code or inputs."""
+    prefix = record_name.rsplit(".", 2)[0]
+    matches = []
+    for path in sorted(Path(cells_dir).glob(f"{prefix}.*.json")):
+        if path.name == record_name:
+            continue
+        record = read_record(path)
+        if record is not None and record.get("settings_key") == settings_key:
+            matches.append((path, record))
+    return matches
+
+
+# --- provenance -------------------------------------------------------------------------------------------
+
+def provenance_summary(records: list[dict[str, Any]], plan: Any = None) -> dict[str, Any]:
+    """Which commits and tree states the records come from, and which are stale (for a report's banner).
+
+    {"commits": [{"commit": str | None, "dirty": bool | None, "records": int}, ...]  (most records first),
+     "mixed_commits": bool,   # more than one commit among the records
+     "dirty": [label, ...],   # records computed from a tree with uncommitted changes
+     "unknown": [label, ...], # records without commit information (not in a git checkout)
+     "stale": [{"record": label, "key": str, "current_key": str, "changed": [file, ...]}, ...]}
+
+    A record is stale when `plan` (a bench.grid.Plan, or the dict of plan.json) has a cell with its settings
+    key but another key; `changed` names the code files and inputs whose digests differ.
+    """
+    counts: dict[tuple[str | None, bool | None], int] = {}
+    dirty, unknown = [], []
+    for record in records:
+        commit, is_dirty = commit_and_dirty(record)
+        counts[(commit, is_dirty)] = counts.get((commit, is_dirty), 0) + 1
+        if is_dirty:
+            dirty.append(_label(record))
+        if commit is None:
+            unknown.append(_label(record))
+    commits = [{"commit": c, "dirty": d, "records": n}
+               for (c, d), n in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))]
+    return {"commits": commits, "mixed_commits": len({c for c, _ in counts}) > 1, "dirty": dirty,
+            "unknown": unknown, "stale": stale_records(records, plan) if plan is not None else []}
+
+
+def commit_and_dirty(record: dict[str, Any]) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of a record, from version 2's fields or version 1's '-dirty' suffix."""
+    commit = record.get("git_commit")
+    dirty = record.get("git_dirty")
+    if isinstance(commit, str) and commit.endswith("-dirty"):
+        commit, dirty = commit[: -len("-dirty")], True
+    elif commit is not None and dirty is None:
+        dirty = False
+    return commit, dirty
+
+
+def stale_records(records: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
+    from bench.fingerprint import changes
+
+    cells = plan.cells if hasattr(plan, "cells") else plan.get("cells", [])  # a Plan, or plan.json's content
+    as_dict = [cell if isinstance(cell, dict) else vars(cell) for cell in cells]
+    current = {cell["settings_key"]: cell for cell in as_dict if cell.get("settings_key")}
+    stale = []
+    for record in records:
+        cell = current.get(record.get("settings_key"))
+        if cell is None or cell["key"] == record.get("key"):
+            continue
+        old, new = record.get("fingerprint") or {}, cell.get("fingerprint") or {}
+        changed = [name for part in ("code", "stage_code", "stage_inputs")
+                   for name in changes(old.get(part), new.get(part, {}))]
+        stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell["key"],
+                      "changed": sorted(set(changed)) or ["the stage it builds on"]})
+    return stale
+
+
+def _label(record: dict[str, Any]) -> str:
+    return f"{record.get('scenario')}/{record.get('defence')}/{record.get('attack')}/seed{record.get('seed')}"

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import records
-from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose
+from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
 from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
 from bench.grid import Plan, expand
 from bench.jobs import configure_logging, record_path, write_plan
 from bench.progress import format_seconds
-from bench.runtime import configure_threads
+from bench.runtime import configure_threads, resolve_device
 from bench.stages import DONE_FILE
 
 LOG = logging.getLogger("bench.run")
@@ -35,20 +35,44 @@ python -m bench.run list: every grid (what it is for), scenario, defence, attack
 
 
 def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
-    """Status of every stage (done / failed / pending) and every cell (done / failed / pending)."""
+    """Status of every stage (done / failed / pending) and every cell (done / failed / stale / pending).
+
+    A cell is stale when it has no record of its own but cells/ holds one of the same settings computed by
+    other code or from other input files."""
     stage_state = {}
     for key, stage in plan.stages.items():
         folder = Path(stage.artifact_dir)
         stage_state[key] = "done" if (folder / DONE_FILE).exists() else (
             "failed" if (folder / "failed.json").exists() else "pending")
-    cell_state = {c.key: records.record_status(record_path(plan, c)) or "pending" for c in plan.cells}
+    cell_state = {}
+    for cell in plan.cells:
+        path = record_path(plan, cell)
+        state = records.record_status(path, cell.key) or "pending"
+        if state == "pending" and cell.settings_key and \
+                records.same_settings_records(path.parent, cell.record_name, cell.settings_key):
+            state = "stale"
+        cell_state[cell.key] = state
     return stage_state, cell_state
+
+
+def stale_reasons(plan: Plan, cell_state: dict[str, str]) -> dict[str, list[str]]:
+    """For each stale cell, the code files and inputs that changed since its older record was computed."""
+    reasons = {}
+    for cell in plan.cells:
+        if cell_state[cell.key] != "stale":
+            continue
+        path = record_path(plan, cell)
+        older = [r for _, r in records.same_settings_records(path.parent, cell.record_name, cell.settings_key)]
+        single = Plan(grid=plan.grid, options=plan.options, stages=plan.stages, cells=[cell])
+        changed = {name for entry in records.stale_records(older, single) for name in entry["changed"]}
+        reasons[cell.key] = sorted(changed)
+    return reasons
 
 
 def work_to_do(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str],
                retry_failed: bool) -> tuple[list[list[str]], list[str]]:
     """The cells still to evaluate and the stages they need (with their bases), level by level."""
-    runnable = {"pending", "failed"} if retry_failed else {"pending"}
+    runnable = {"pending", "stale", "failed"} if retry_failed else {"pending", "stale"}
     cells = [c for c in plan.cells if cell_state[c.key] in runnable]
     needed = {key for cell in cells for key in plan.stage_chain(cell.stage)}
     levels = [[s.key for s in level if s.key in needed and stage_state[s.key] != "done"]
@@ -62,9 +86,13 @@ def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]
         for stage in level:
             base = f" (on {plan.stages[stage.base_stage].defence_key})" if stage.base_stage else ""
             lines.append(f"  train[{depth}] {stage.label:<40} {stage.defence_name}{base}  [{stage_state[stage.key]}]")
+    reasons = stale_reasons(plan, cell_state)
     for cell in plan.cells:
         lines.append(f"  eval  {cell.label:<40} n={cell.n_examples:<5} {cell.attack_name}: {cell.attack_budget}"
                      f"  [{cell_state[cell.key]}]")
+        if cell.key in reasons:
+            lines.append(f"        stale: an older record of these settings was computed with other "
+                         f"{', '.join(reasons[cell.key])}")
     counts: dict[str, int] = {}
     for state in cell_state.values():
         counts[state] = counts.get(state, 0) + 1
@@ -81,6 +109,16 @@ def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
         collect_finished_jobs(plan, JobBook(jobs_file))
 
 
+def check_device(options: dict[str, Any]) -> None:
+    """A device this machine lacks is an error now, unless the work runs elsewhere (SLURM nodes)."""
+    if options["executor"] == "slurm":
+        return
+    try:
+        resolve_device(options["device"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     if config.options.get("smoke"):
         from bench import smoke
@@ -88,6 +126,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         smoke.apply(config)
     options = dict(config.options)
     options["scenario_overrides"] = config.scenario_overrides
+    check_device(options)
     plan = expand(config)
     plan.options = options
     results_dir = config.results_dir()
@@ -139,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(config.options["threads"])
         summary = run(config)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -52,6 +52,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, whether the working tree has uncommitted changes to tracked files); (None, None) outside git."""
+    described = git_commit()
+    if described is None:
+        return None, None
+    return described.removesuffix("-dirty"), described.endswith("-dirty")
+
+
 @functools.cache
 def git_commit() -> str | None:
     """The commit of the checkout this code runs from (with '-dirty' when it has local changes), if any."""

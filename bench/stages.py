@@ -25,10 +25,11 @@ from attacks.protocol import batch_extras, predict_draws, record_accuracies, rec
 from bench import records
 from bench.config import load_scenario
 from bench.grid import EvalCell, TrainStage
+from bench.locks import locked
 from bench.progress import Progress
 from bench.runtime import (
     derive_seed,
-    git_commit,
+    git_state,
     hardware_summary,
     package_versions,
     resolve_device,
@@ -113,11 +114,22 @@ def load_fitted_defence(stages: dict[str, TrainStage], key: str, options: dict[s
 # --- training stages ---------------------------------------------------------------------------------
 
 def run_training_stage(stages: dict[str, TrainStage], key: str, options: dict[str, Any]) -> str:
-    """Fit and save one defence unless its artifact exists; returns 'done', 'skipped' or raises."""
+    """Fit and save one defence unless its artifact exists; returns 'done', 'skipped' or raises.
+
+    Holds the stage's lock while it works: a second process asking for the same stage waits, then finds
+    it done."""
     stage = stages[key]
     folder = Path(stage.artifact_dir)
     if (folder / DONE_FILE).exists():
         return "skipped"
+    with locked(folder.with_name(folder.name + ".lock"), label=f"training stage {stage.label}"):
+        if (folder / DONE_FILE).exists():
+            return "skipped"
+        return _fit_stage(stages, stage, options)
+
+
+def _fit_stage(stages: dict[str, TrainStage], stage: TrainStage, options: dict[str, Any]) -> str:
+    key, folder = stage.key, Path(stage.artifact_dir)
     device = resolve_device(options.get("device", "auto"))
     started = time.time()
     (folder / FAILED_FILE).unlink(missing_ok=True)
@@ -137,10 +149,12 @@ def run_training_stage(stages: dict[str, TrainStage], key: str, options: dict[st
         LOG.info("training %s (%s) on %s", stage.label, stage.defence_name, hardware_summary(device))
         train = load_split(scenario, "train", options.get("data_dir"), bool(options.get("smoke")))
         summary = defence.fit(train, ctx)
+        commit, dirty = git_state()
         metadata = {"stage": key, "label": stage.label, "defence_name": stage.defence_name, "params": stage.params,
-                    "identity": stage.identity, "classifier": provenance, "fit_summary": summary,
-                    "started_at": started, "seconds": time.time() - started, "git_commit": git_commit(),
-                    "packages": package_versions(), "hardware": hardware_summary(device)}
+                    "identity": stage.identity, "settings_key": stage.settings_key,
+                    "fingerprint": stage.fingerprint, "classifier": provenance, "fit_summary": summary,
+                    "started_at": started, "seconds": time.time() - started, "git_commit": commit,
+                    "git_dirty": dirty, "packages": package_versions(), "hardware": hardware_summary(device)}
         defence.save(folder, metadata)
         for leftover in folder.glob("progress-*.pt"):
             leftover.unlink()
@@ -175,27 +189,64 @@ def _batch_result(defence: Defence, attack: attacks.Attack, x: torch.Tensor, y: 
 
 
 def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[str, Any], record_path: Path) -> str:
-    """Evaluate one cell and write its record; returns 'done', 'skipped' or 'failed' (a failed record)."""
-    status = records.record_status(record_path)
-    if status == "done":
+    """Evaluate one cell and write its record; returns 'done', 'skipped' or 'failed' (a failed record).
+
+    Holds the cell's lock while it works: a second process asking for the same cell waits, then finds it
+    done. Once the new record is written, older records of the same settings (stale: other code or inputs)
+    move to cells/history/."""
+    if records.record_status(record_path, cell.key) == "done":
         return "skipped"
-    if status is not None:
-        records.archive(record_path)
-    started = time.time()
-    partial_path = record_path.with_name(record_path.name + ".partial")
-    base_record = {
-        "schema_version": records.SCHEMA_VERSION, "key": cell.key, "grid": cell.grid, "block": cell.block,
+    with locked(record_path.with_name(record_path.name + ".lock"), label=f"cell {cell.label}"):
+        status = records.record_status(record_path, cell.key)
+        if status == "done":
+            return "skipped"
+        if status is not None:
+            records.archive(record_path)
+        outcome = _evaluate_cell(stages, cell, options, record_path)
+        if outcome == "done" and cell.settings_key:
+            for path, _ in records.same_settings_records(record_path.parent, cell.record_name, cell.settings_key):
+                records.archive(path)
+        return outcome
+
+
+def _base_record(stages: dict[str, TrainStage], cell: EvalCell, started: float) -> dict[str, Any]:
+    commit, dirty = git_state()
+    return {
+        "schema_version": records.SCHEMA_VERSION, "key": cell.key, "settings_key": cell.settings_key,
+        "fingerprint": cell.fingerprint, "grid": cell.grid, "block": cell.block,
         "scenario": cell.scenario, "defence": cell.defence_key, "defence_name": cell.defence_name,
         "stage": cell.stage, "attack": cell.attack_key, "attack_name": cell.attack_name,
         "attack_settings": cell.attack_params, "attack_budget": cell.attack_budget,
         "target": cell.attack_params.get("target"), "eps": cell.attack_params.get("eps"),
         "norm": cell.attack_params.get("norm"), "seed": cell.seed, "n_examples": cell.n_examples,
-        "eval_settings": cell.eval, "git_commit": git_commit(), "packages": package_versions(),
+        "eval_settings": cell.eval, "git_commit": commit, "git_dirty": dirty, "packages": package_versions(),
         "defence_params": stages[cell.stage].params,
         "scenario_identity": stages[cell.stage].identity.get("scenario"),
         "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "log": os.environ.get("BENCH_JOB_LOG"), "started_at": started,
     }
+
+
+def _read_partial(path: Path, cell: EvalCell) -> dict[str, Any]:
+    """Batches an interrupted run of this cell saved; a damaged or foreign partial file is set aside."""
+    try:
+        partial = records.read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        records.quarantine(path, str(error))
+        return {"key": cell.key, "batches": {}}
+    if partial is None:
+        return {"key": cell.key, "batches": {}}
+    if not isinstance(partial, dict) or partial.get("key", cell.key) != cell.key or \
+            not isinstance(partial.get("batches"), dict):
+        records.quarantine(path, "not this cell's partial result")
+        return {"key": cell.key, "batches": {}}
+    return partial
+
+
+def _evaluate_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[str, Any], record_path: Path) -> str:
+    started = time.time()
+    partial_path = record_path.with_name(record_path.name + ".partial")
+    base_record = _base_record(stages, cell, started)
     try:
         device = resolve_device(options.get("device", "auto"))
         defence = load_fitted_defence(stages, cell.stage, options, device)
@@ -205,7 +256,7 @@ def run_eval_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[s
         draws = int(cell.eval["stochastic_draws"] if defence.stochastic else cell.eval["draws"])
         attack = attacks.build(cell.attack_name, **{k: v for k, v in cell.attack_params.items() if k != "name"})
         batch_size = int(cell.eval["batch_size"])
-        partial = records.read_json(partial_path) or {"batches": {}}
+        partial = _read_partial(partial_path, cell)
         n_batches = (len(labels) + batch_size - 1) // batch_size
         progress = Progress(f"{cell.label}", n_batches, LOG, every_s=20.0, unit="batches")
         progress.done = len(partial["batches"])

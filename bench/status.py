@@ -127,7 +127,13 @@ def stage_file_state(plan: Plan, key: str) -> str | None:
 
 
 def cell_file_state(plan: Plan, cell: EvalCell) -> str | None:
-    return records.record_status(record_path(plan, cell))
+    return records.record_status(record_path(plan, cell), cell.key)
+
+
+def _stale(plan: Plan, cell: EvalCell) -> bool:
+    """An older record of the same settings, computed by other code or from other inputs, is on disk."""
+    path = record_path(plan, cell)
+    return bool(cell.settings_key and records.same_settings_records(path.parent, cell.record_name, cell.settings_key))
 
 
 def _death_note(job: dict[str, Any], job_state: str) -> str:
@@ -182,6 +188,7 @@ def collect_finished_jobs(plan: Plan, book: JobBook, states: dict[str, str] | No
 def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[str, Any]]:
     """One row per stage and cell: kind, label, state (done/running/pending/failed), job id, log."""
     rows = []
+    cells = {cell.key: cell for cell in plan.cells}
     items = [("train", key, plan.stages[key].label, stage_file_state(plan, key)) for key in plan.stages]
     items += [("eval", cell.key, cell.label, cell_file_state(plan, cell)) for cell in plan.cells]
     for kind, key, label, found in items:
@@ -190,6 +197,8 @@ def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[
         word = state_word(job_state) if job else "ended"
         # a job at work overrides an earlier attempt's failure
         state = word if word != "ended" else found or "pending"
+        if state == "pending" and kind == "eval" and _stale(plan, cells[key]):
+            state = "stale"
         rows.append({"kind": kind, "key": key, "label": label, "state": state,
                      "error": _last_error_line(plan, kind, key) if state == "failed" else "",
                      "job_id": job["job_id"] if job else None, "job_state": job_state,
@@ -229,30 +238,77 @@ def format_status(plan: Plan, rows: list[dict[str, Any]], show_logs: bool = Fals
     return "\n".join(lines)
 
 
+USAGE = """usage: python -m bench.status [grid=NAME|grid=FILE.yaml] [results_dir=PATH] [logs=true|false]
+                                [artifacts_dir=PATH] [key=value ...]
+
+State (done / running / pending / failed / stale) of every training stage and cell of a grid, with job ids.
+Reads the plan the last `bench.run` wrote under results_dir/<grid>/.plan/; without one (a committed or copied
+results folder), plans the grid from its config and the other key=value arguments, as bench.run would.
+Paths are taken as given here, never from where the results were first written."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.config import ConfigError, error_line
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    options: dict[str, str] = {"grid": "demo", "results_dir": "results", "logs": "false"}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in options:
-            print(f"error: {item!r}: valid arguments are grid=NAME, results_dir=PATH and logs=true|false",
-                  file=sys.stderr)
-            return 2
-        options[key] = value
-    plan_path = Path(options["results_dir"]) / options["grid"] / ".plan" / "plan.json"
-    if not plan_path.exists():
-        print(f"error: no plan at {plan_path}; run `python -m bench.run grid={options['grid']}` first",
-              file=sys.stderr)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        plan, plan_path, show_logs = load_status_plan(argv)
+    except ConfigError as error:
+        print(error_line(error), file=sys.stderr)
         return 2
-    plan = read_plan(plan_path)
-    book = JobBook.for_plan(plan_path)
+    book = JobBook(plan_path.parent / JOBS_FILE)
     latest = [job["job_id"] for job in map(book.latest, book.jobs) if job]
     states = query_job_states(latest)
-    print(format_status(plan, status_rows(plan, book, states), show_logs=options["logs"].lower() == "true"))
+    print(format_status(plan, status_rows(plan, book, states), show_logs=show_logs))
     if latest and all(state == "UNKNOWN" for state in states.values()):
         print(f"note: SLURM knows none of the {len(latest)} recorded jobs (no squeue/sacct here, or accounting "
               f"is off); states come from the files alone", file=sys.stderr)
     return 0
+
+
+def load_status_plan(argv: list[str]) -> tuple[Plan, Path, bool]:
+    """The plan to report on, with the results and artifacts folders given here (not those stored in it)."""
+    from bench.config import ConfigError, compose
+    from bench.grid import expand
+    from bench.validation import SettingError, as_bool
+
+    logs = [a.partition("=")[2] for a in argv if a.startswith("logs=")]
+    rest = [a for a in argv if not a.startswith("logs=")]
+    try:
+        show_logs = as_bool("logs", {"true": True, "false": False}.get(logs[-1].lower(), logs[-1])) if logs else False
+    except SettingError as error:
+        raise ConfigError(str(error)) from error
+    config = compose(rest)  # checks every argument, grid files included
+    results_dir = config.results_dir()
+    plan_path = results_dir / ".plan" / "plan.json"
+    only_paths = all(a.partition("=")[0] in ("grid", "results_dir", "artifacts_dir") for a in rest)
+    if plan_path.exists() and only_paths:
+        plan = read_plan(plan_path)
+        _rebase(plan, config.options, given_artifacts=any(a.startswith("artifacts_dir=") for a in rest))
+    else:
+        plan = expand(config)
+    plan.options = {**plan.options, "results_dir": config.options["results_dir"]}
+    if plan.grid != config.grid_name:
+        raise ConfigError(f"{plan_path} holds grid {plan.grid!r}, not {config.grid_name!r}")
+    return plan, plan_path, show_logs
+
+
+def _rebase(plan: Plan, options: dict[str, Any], given_artifacts: bool) -> None:
+    """Point the plan's artifact folders at the artifacts_dir given here (after a move, or a relative path
+    resolved from another working directory)."""
+    stored = Path(plan.options.get("artifacts_dir") or "artifacts")
+    if not given_artifacts:
+        return
+    for stage in plan.stages.values():
+        folder = Path(stage.artifact_dir)
+        try:
+            relative = folder.relative_to(stored)
+        except ValueError:
+            relative = Path(*folder.parts[-2:])
+        stage.artifact_dir = str(Path(options["artifacts_dir"]) / relative)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ attack can replace the purifier's gradient by the identity (BPDA) or target the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bench.records import unique_temp, write_json_atomic
 from bench.registry import coerce_params
 from bench.runtime import derive_seed, seed_everything
 
@@ -67,9 +67,12 @@ class FitContext:
         """Atomically save training progress (tensors, numbers, strings and containers of them)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_path(phase)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        tmp = unique_temp(path)
+        try:
+            torch.save(state, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, phase: str = "train") -> dict[str, Any] | None:
         path = self.checkpoint_path(phase)
@@ -139,12 +142,17 @@ class Defence(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def save(self, folder: Path, metadata: dict[str, Any]) -> None:
-        """Weights as safetensors, then metadata as JSON (written last: its presence marks completion)."""
+        """Weights as safetensors, then metadata as JSON (written last: its presence marks completion). Each
+        goes to a unique temporary file renamed into place, so a reader never sees half a file."""
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.checkpoint_state(), str(folder / "defence.safetensors"))
-        tmp = folder / "defence.json.tmp"
-        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
-        tmp.replace(folder / "defence.json")
+        weights = folder / "defence.safetensors"
+        tmp = unique_temp(weights)
+        try:
+            save_file(self.checkpoint_state(), str(tmp))
+            tmp.replace(weights)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_json_atomic(folder / "defence.json", metadata)
 
     def load(self, folder: Path) -> None:
         state = load_file(str(folder / "defence.safetensors"))

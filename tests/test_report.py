@@ -109,8 +109,10 @@ def write_grid_fixture(root: Path) -> Path:
             (cells_dir / record_name).write_text(json.dumps(record))
         elif state == "partial":
             (cells_dir / f"{record_name}.partial").write_text(json.dumps({"batches": {"0": {"clean": []}}}))
-    stray = {**_base_record(CELLS[0]), "key": "stale", "status": "done", "robust_acc": 0.0}
+    first = json.loads((cells_dir / f"cifar10_toy.at.aa.s0.{CELLS[0][0]}.json").read_text())
+    stray = {**first, "key": "stale", "robust_acc": 0.0}  # a valid record of an older plan
     (cells_dir / "cifar10_toy.at.aa.s0.stale.json").write_text(json.dumps(stray))
+    (cells_dir / "cifar10_toy.at.aa.s0.forged.json").write_text('{"status": "done"}')  # quarantined on read
     (results / ".plan").mkdir()
     (results / ".plan" / "plan.json").write_text(json.dumps(
         {"grid": "fixture", "options": {"grid": "fixture"}, "stages": stages, "cells": planned}))
@@ -415,10 +417,10 @@ def test_without_a_plan_every_record_is_a_cell(grid_dir):
     (grid_dir / ".plan" / "plan.json").unlink()
     grid = collect(grid_dir, report_config={})
     assert not grid.has_plan and grid.stray_records == []
-    # the stray record lacks most fields: shown as failed, never as a result
-    assert grid.counts() == {"done": 3, "failed": 2, "partial": 0, "missing": 0}
-    stale = next(c for c in grid.cells if c.key == "stale")
-    assert stale.status == "failed" and "lacks the fields ['clean_acc', 'clean_ci'" in stale.error_line()
+    # the older plan's record is a cell of its own; the forged one was quarantined, never a result
+    assert grid.counts() == {"done": 4, "failed": 1, "partial": 0, "missing": 0}
+    assert next(c for c in grid.cells if c.key == "stale").status == "done"
+    assert [p.name.split(".")[4] for p in (grid_dir / "cells" / "quarantine").iterdir()] == ["forged"]
     table, _ = long_table.build(grid)
     assert "| cifar10_toy | carso | pgd_eot | end_to_end | Linf 8/255 | 0 | 10 | – | – | – | – | " \
            "failed: RuntimeError: out of memory | 1.5 |" in to_markdown(table)

@@ -8,6 +8,8 @@ A cache is reused only when it was built from the same number of files and the s
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,7 +78,8 @@ def _read_cache(cache_path: Path, file_count: int) -> ImageSplit | None:
 
 def _write_cache(cache_path: Path, split: ImageSplit, file_count: int) -> None:
     payload = {"images": split.images, "labels": split.labels, "file_count": file_count}
-    temporary = cache_path.with_name(f"{cache_path.name}.tmp{os.getpid()}")
+    unique = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    temporary = cache_path.with_name(f".{cache_path.name}.{unique}.tmp")
     try:
         torch.save(payload, temporary)
         os.replace(temporary, cache_path)  # atomic: a concurrent reader never sees half a file

@@ -1,21 +1,34 @@
 """Local executor: every stage and cell is a submitit LocalExecutor job (its own process and log file).
 
+Jobs end with this process (killed, or interrupted with Ctrl-C): none keeps computing as an orphan.
 At most `max_parallel` jobs run at once (submitit's local executor would start them all together, which
 thrashes a small machine). Jobs of one stage level finish before the next level or the cells start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from bench.jobs import CellJob, StageJob
+from bench.jobs import PARENT_ENV, CellJob, StageJob
 
 LOG = logging.getLogger("bench.executors")
+
+
+def _stop(job: Any) -> None:
+    """SIGTERM to a local job's controller (its pid is the job id), which passes it on to the job's process;
+    the job process also ends by itself once this process has gone (bench.jobs.end_with_parent)."""
+    with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+        os.kill(int(job.job_id), signal.SIGTERM)
 
 
 class LocalExecutor:
@@ -31,10 +44,31 @@ class LocalExecutor:
         limit = max(1, int(self.options.get("max_parallel", 1)))
         poll = float(self.options.get("poll_s", 1.0))
         waiting, running, outcomes = list(jobs.items()), {}, {}
+        try:
+            self._loop(waiting, running, outcomes, limit, poll)
+        finally:  # interrupted (Ctrl-C) or failed: no job outlives this run
+            for name, job in running.items():
+                if not job.done():
+                    LOG.warning("stopping local job %s (%s)", job.job_id, name)
+                    _stop(job)
+        return outcomes
+
+    def _submit(self, function: Any) -> Any:
+        """Start a job that ignores SIGINT: a Ctrl-C reaches this process alone, which stops the jobs itself
+        (submitit's job controller would print a traceback); the jobs end with this process in any case."""
+        if threading.current_thread() is not threading.main_thread():
+            return self.executor.submit(function)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return self.executor.submit(function)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _loop(self, waiting: list, running: dict, outcomes: dict, limit: int, poll: float) -> None:
         while waiting or running:
             while waiting and len(running) < limit:
                 name, function = waiting.pop(0)
-                running[name] = self.executor.submit(function)
+                running[name] = self._submit(function)
                 LOG.info("submitted local job %s for %s (log: %s)", running[name].job_id, name,
                          running[name].paths.stdout)
             for name, job in list(running.items()):
@@ -47,9 +81,10 @@ class LocalExecutor:
                     del running[name]
             if running:
                 time.sleep(poll)
-        return outcomes
 
     def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
+        # inherited by the jobs: they end when this process does
+        os.environ[PARENT_ENV] = f"{socket.gethostname()}:{os.getpid()}"
         outcomes: dict[str, Any] = {}
         for level in stage_levels:
             outcomes.update(self._run_window({key: StageJob(str(plan_path), key) for key in level}))

@@ -3,7 +3,8 @@
 Warnings: records from several commits, from a dirty tree (a commit ending in `-dirty`: the code that produced
 them is not in any commit), without a commit, and stale records (in cells/ but not cells of the current plan:
 their keys no longer match the grid). `summarise` is the one place that reads the records' provenance fields,
-so a shared `records.provenance_summary` can replace it.
+reading each record's commit and tree state through `records.commit_and_dirty` (schema 2's `git_dirty` field, or
+schema 1's `-dirty` suffix).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.records import commit_and_dirty
 from bench.reporting.collect import GridResults
 
 DIRTY_SUFFIX = "-dirty"
@@ -32,9 +34,9 @@ def summarise(records: list[dict[str, Any]], stale: int = 0) -> Provenance:
     """Count the records' commits (done and failed records alike)."""
     result = Provenance(stale=stale)
     for record in records:
-        commit = record.get("git_commit")
+        commit, dirty = commit_and_dirty(record)
         if commit:
-            result.commits[str(commit)] += 1
+            result.commits[str(commit) + (DIRTY_SUFFIX if dirty else "")] += 1
         else:
             result.without_commit += 1
     return result
