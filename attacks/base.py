@@ -45,6 +45,23 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0.0, 1.0)
 
 
+def straight_through(x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+    """`purified` in the forward pass, the identity (summed over copies) in the backward pass."""
+    purified = purified.detach()
+    if purified.shape == x.shape:
+        return purified + (x - x.detach())
+    batch, item = x.shape[0], tuple(x.shape[1:])
+    if purified.dim() == x.dim() and tuple(purified.shape[1:]) == item and purified.shape[0] % batch == 0:
+        repeated = x.repeat(purified.shape[0] // batch, *([1] * (x.dim() - 1)))
+        return purified + (repeated - repeated.detach())
+    if purified.dim() == x.dim() + 1 and tuple(purified.shape[1:]) == tuple(x.shape):
+        stacked = x.unsqueeze(0).expand_as(purified)
+        return purified + (stacked - stacked.detach())
+    raise ValueError(f"purify returned shape {tuple(purified.shape)} for inputs {tuple(x.shape)}; BPDA needs the "
+                     "input's shape, (k*B, ...) copy-major, or (k, B, ...)")
+
+
+
 def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
     """Raise ThreatModelViolation unless every x_adv is within eps of x (in `norm`) and inside [0, 1]."""
     if x_adv.shape != x.shape:

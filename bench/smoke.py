@@ -87,11 +87,7 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
 
 def apply(config: Any) -> None:
     """Turn a composed RunConfig into its smoke version, in place (folders, sizes, budgets)."""
-    from bench.config import ConfigError
-
     options, grid = config.options, config.grid
-    if not isinstance(options["smoke"], bool):
-        raise ConfigError(f"smoke={options['smoke']!r} is not valid; valid: true, false")
     options["results_dir"] = str(Path(options["results_dir"]) / SMOKE_FOLDER)
     options["artifacts_dir"] = str(Path(options["artifacts_dir"]) / SMOKE_FOLDER)
     grid["n_examples"] = SMOKE_EXAMPLES

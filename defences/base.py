@@ -122,7 +122,7 @@ class Defence(nn.Module):
     def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass BPDA attacks (attacks/bpda.py): this defence's output, with the purifier's gradient
         replaced by the identity. Defences whose forward is more than classify(purify(x)) override it."""
-        from attacks.bpda import straight_through
+        from attacks.base import straight_through
 
         with torch.no_grad():
             purified = self.purify(x)

@@ -171,7 +171,7 @@ def test_papers_default_budgets():
 
 
 def test_bpda_straight_through_is_the_purified_value_with_the_identity_gradient():
-    from attacks.bpda import straight_through
+    from attacks.base import straight_through
 
     x = torch.rand(3, 1, 2, 2, requires_grad=True)
     purified = torch.rand(3, 1, 2, 2)

@@ -62,4 +62,4 @@ def test_a_paper_grid_block_runs_every_cell_in_smoke_mode(tmp_path: Path):
 
 def test_a_smoke_value_that_is_not_a_boolean_is_refused_before_any_work(capsys):
     assert main(["grid=demo", "smoke=maybe", "dry_run=true"]) == 2
-    assert "smoke='maybe' is not valid; valid: true, false" in capsys.readouterr().err
+    assert "smoke='maybe' (str) is not a boolean; valid: true or false" in capsys.readouterr().err
