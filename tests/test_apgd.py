@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from attacks.apgd import APGD, checkpoint_lengths, eot_estimate
-from attacks.toys import LinearClassifier, NoisyDefence, TinyCNN, digits8, fit_classifier, toy_task
+from attacks.toys import LinearClassifier, NoisyDefence, TinyCNN, fit_classifier, toy_task
 
 N = 100
 EPS = {"Linf": 0.1, "L2": 0.8}
@@ -26,10 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    train_x, train_y = digits8("train")
-    test_x, test_y = digits8("test")
-    return train_x, train_y, test_x[:N], test_y[:N]
+def data(digits8_data):
+    assert len(digits8_data[3]) == N
+    return digits8_data
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 import attacks
 from attacks.eot import eot_gradient
 from attacks.protocol import summarise_draws
-from attacks.toys import NoisyDefence, TinyCNN, digits8, fit_classifier, toy_task
+from attacks.toys import NoisyDefence, TinyCNN, fit_classifier, toy_task
 
 EPS = 0.1
 N = 100
@@ -24,10 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    train_x, train_y = digits8("train")
-    test_x, test_y = digits8("test")
-    return train_x, train_y, test_x[:N], test_y[:N]
+def data(digits8_data):
+    assert len(digits8_data[3]) == N
+    return digits8_data
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 
 import attacks
 from attacks.diagnostics import FLAGS, check_loss_masking, eps_grid, gradient_flag
-from attacks.toys import NoisyDefence, QuantisingDefence, TinyCNN, digits8, fit_classifier, toy_task
+from attacks.toys import NoisyDefence, QuantisingDefence, TinyCNN, fit_classifier, toy_task
 from bench.config import ConfigError, compose
 from bench.diagnose import cell_budget, find_cell, main
 from bench.grid import expand
@@ -31,10 +31,9 @@ def _seeded():
 
 
 @pytest.fixture(scope="module")
-def data():
-    train_x, train_y = digits8("train")
-    test_x, test_y = digits8("test")
-    return train_x, train_y, test_x[:N], test_y[:N]
+def data(digits8_data):
+    assert len(digits8_data[3]) == N
+    return digits8_data
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.zoo.normalization import NormalizedClassifier, Stats
+from bench.zoo.wide_resnet import init_wide_resnet
 
 
 class TradesBlock(nn.Module):
@@ -60,11 +61,7 @@ class TradesWideResNet(NormalizedClassifier):
         self.block3 = TradesBlockGroup(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_wide_resnet(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(self.normalize(images)))))

@@ -137,13 +137,18 @@ class WideResNet(NormalizedClassifier):
         self.batchnorm = nn.BatchNorm2d(widths[3])
         self.relu = act()
         self.logits = nn.Linear(widths[3], num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_wide_resnet(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.layer(self.init_conv(self.normalize(images)))
         out = self.relu(self.batchnorm(out))
         return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def init_wide_resnet(model: nn.Module) -> None:
+    """He-normal convolutions (fan out) and zero linear biases, the WideResNet initialisation."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
