@@ -80,7 +80,10 @@ def interrupt_at_random(root: Path, executor: str, kills: list[int], rng: random
         code = process.wait(timeout=120)
         text = log.read_text()[offset:]
         if kill == signal.SIGINT:
-            assert code == 130 and "Traceback" not in text, text[-3000:]
+            # 130, or the interpreter ending itself with SIGINT, which a shell also reports as 130: seen when the
+            # signal lands as a training stage starts, with main() having caught it and returned 130 (CPython keeps
+            # an "unhandled KeyboardInterrupt" flag that some code paths set before the exception reaches main).
+            assert code in (130, -signal.SIGINT) and "interrupted" in text and "Traceback" not in text, text[-3000:]
         if executor == "local":  # a job still importing torch notices only once it has started: allow for it
             limit = time.monotonic() + 60
             while orphans(process.pid) and time.monotonic() < limit:
