@@ -6,7 +6,9 @@ A training stage is one fitted defence per (scenario, defence entry, seed); a de
 changes a result: resolved settings (defaults included), the scenario's identity, the code versions of
 the defence and attack, the evaluation protocol, the keys of the stages it builds on, and the fingerprints
 of the code and input files that compute it (bench.fingerprint says which). The `settings_key` leaves the
-fingerprints out: an older result with the same settings key but another key is *stale*.
+fingerprints out: an older result with the same settings key but another key is *stale*. Random seeds
+derive from the settings key, so a change of code that keeps behaviour (a refactor) reproduces every number
+exactly under its new key.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _fit_stage(stages: dict[str, TrainStage], stage: TrainStage, options: dict[s
     started = time.time()
     (folder / FAILED_FILE).unlink(missing_ok=True)
     try:
-        seed_everything(derive_seed(stage.seed, "init", key))
+        seed_everything(derive_seed(stage.seed, "init", stage.settings_key))
         scenario = stage_scenario(stage, options)
         base = load_fitted_defence(stages, stage.base_stage, options, device) if stage.base_stage else None
         if base is not None:
@@ -265,7 +265,7 @@ def _evaluate_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[
                 continue
             lo, hi = batch * batch_size, min((batch + 1) * batch_size, len(labels))
             result = _batch_result(defence, attack, images[lo:hi].to(device), labels[lo:hi].to(device), draws,
-                                   derive_seed(cell.seed, cell.key, batch))
+                                   derive_seed(cell.seed, cell.settings_key, batch))
             partial["batches"][str(batch)] = result
             records.write_json_atomic(partial_path, partial)
             progress.update()
