@@ -34,7 +34,7 @@ from torch import nn
 
 from attacks.base import Attack, PassCounter
 from attacks.protocol import score_points
-from bench.runtime import derive_seed
+from attacks.seeding import derive_seed
 
 MEMBERS = ("apgd_ce", "apgd_dlr", "pgd_eot", "bpda_eot", "square")
 MADRY_SPAN = 2.5  # default PGD step: 2.5 * eps / steps, so that the steps together cover 2.5 eps

@@ -40,7 +40,7 @@ from torch import nn
 from attacks.apgd import APGD
 from attacks.base import Attack, project
 from attacks.protocol import score_points
-from bench.runtime import derive_seed
+from attacks.seeding import derive_seed
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")

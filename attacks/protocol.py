@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from attacks.losses import attack_loss
-from bench.stats import wilson_interval
+from attacks.stats import wilson_interval
 
 RULES = ("single", "majority", "worst")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bench.registry import closest_hint
+from attacks.registry import closest_hint
 from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import (
     SettingError,

@@ -3,12 +3,12 @@
 Stage and cell keys include these fingerprints, so a result is reused only when the code and the files that
 produced it are unchanged. The boundary:
 
-- **Code** is the source of every project module in the import closure (imports anywhere in a module, lazy
-  ones included) of the modules that produce the result, for a stage: the defence class's module (a user
-  module included), `defences.base`, the classifier zoo, the data loaders, scenarios and seeding
-  (`bench.runtime`); for a cell: the attack class's module, `attacks` core (base, protocol, losses) and the
-  evaluation protocol in `bench.stages` (plus, through the stage key, everything of its stage). Parent
-  packages' `__init__` files count. Modules that only plan, run, lock, record, report or diagnose results
+- **Code** is the source of every project module in the import closure (imports anywhere in a module, lazy ones
+  included) of the modules that produce the result, for a stage: the defence class's module (a user module
+  included), `defences.base` (and through it the seeding, `attacks.seeding`), the classifier zoo, the data
+  loaders, scenarios and `bench.runtime`; for a cell: the attack class's module, `attacks` core (base, protocol,
+  losses) and the evaluation protocol in `bench.stages` (plus, through the stage key, everything of its stage).
+  Parent packages' `__init__` files count. Modules that only plan, run, lock, record, report or diagnose results
   (NOT_RESULT_CODE) are outside the boundary: changing the report never invalidates a result.
 - **Inputs** are the content hashes (SHA-256, cached by path, size and mtime) of a `file:` classifier's weights,
   a RobustBench checkpoint in model_dir, and the dataset's files under the data root (folders of more than
@@ -31,8 +31,8 @@ from bench.hashing import file_digest
 PROJECT_PACKAGES = ("attacks", "defences", "bench")
 NOT_RESULT_CODE = (
     "bench.reporting", "bench.report", "bench.status", "bench.run", "bench.diagnose", "bench.executors",
-    "bench.jobs", "bench.progress", "bench.records", "bench.config", "bench.grid", "bench.registry",
-    "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
+    "bench.jobs", "attacks.progress", "bench.records", "defences.atomic", "bench.config", "bench.grid",
+    "attacks.registry", "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
     "bench.listing", "bench.paper_numbers", "attacks.diagnostics",
 )
 STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime")

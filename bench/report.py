@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.progress import format_seconds
+from attacks.progress import format_seconds
 from bench.reporting import comparisons, decomposition, headline, long_table, paper_tables, provenance, summary_figures
 from bench.reporting.collect import GridResults, collect
 from bench.reporting.figures import FigureFile, render_figures

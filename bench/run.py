@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attacks.progress import format_seconds
 from bench import records
 from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
 from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
 from bench.grid import Plan, expand
 from bench.jobs import configure_logging, record_path, write_plan
-from bench.progress import format_seconds
 from bench.runtime import configure_threads, resolve_device
 from bench.stages import DONE_FILE
 

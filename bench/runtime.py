@@ -1,35 +1,22 @@
-"""One place for the run-time facts every stage needs: seeding, the device, provenance (git, versions)."""
+"""One place for the run-time facts every stage needs: threads, the device, provenance (git, versions).
+
+Seeding lives in attacks/seeding.py (the lowest layer that needs it).
+"""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import os
-import random
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import torch
 
 TRACKED_PACKAGES = (
     "torch", "torchvision", "numpy", "pyautoattack", "torchattacks", "submitit", "scikit-learn",
     "safetensors", "pandas", "robustbench",
 )
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every CUDA device) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any printable parts (a cell seed and a batch index, say)."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def configure_threads(threads: int | None) -> None:

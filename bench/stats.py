@@ -1,6 +1,6 @@
-"""Confidence intervals and tests for accuracies: Wilson intervals, paired differences, spread across seeds.
+"""Confidence intervals and tests for accuracies: paired differences and spread across seeds.
 
-- `wilson_interval`: one accuracy.
+- `wilson_interval` (one accuracy) lives in attacks/stats.py, where the evaluation protocol needs it.
 - `paired_comparison`: two classifiers (defences, attacks) judged on the SAME examples: the difference of their
   accuracies with Newcombe's hybrid-score interval for paired proportions (Newcombe 1998, "Improved confidence
   intervals for the difference between binomial proportions based on paired data", Statistics in Medicine
@@ -17,23 +17,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion (95% by default).
-
-    `successes` may be fractional (a mean over several stochastic draws times n); the interval then
-    treats it as n Bernoulli trials at that rate, which is what a reader of the table assumes.
-    """
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # floating-point rounding can put the bound a hair inside p at p = 0 or 1: the interval always holds p
-    return (max(0.0, min(centre - half, p)), min(1.0, max(centre + half, p)))
+from attacks.stats import Z_95, wilson_interval
 
 
 def mcnemar_exact(first_only: int, second_only: int) -> float:

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 import bench.stages
+from attacks.seeding import derive_seed
 from bench.records import load_records, read_json
 from bench.run import main as run_main
-from bench.runtime import derive_seed
 
 REPO = Path(__file__).resolve().parent.parent
 # fields that say when, where and how fast a record was made, not what it found

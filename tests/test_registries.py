@@ -10,8 +10,8 @@ import torch
 
 import attacks
 import defences
+from attacks.registry import UnknownNameError
 from bench.config import compose
-from bench.registry import UnknownNameError
 from bench.run import run
 from defences.base import Task
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from attacks.protocol import summarise_draws
+from attacks.stats import wilson_interval
 from bench.report import render
 from bench.reporting import figures, long_table, paper_tables
 from bench.reporting.collect import collect
@@ -20,7 +21,6 @@ from bench.reporting.layouts import LAYOUTS, ReportConfigError, configured_layou
 from bench.reporting.paper_numbers import PaperNumbersError, load_paper_numbers, parse_paper_numbers
 from bench.reporting.tables import to_latex, to_markdown
 from bench.reporting.worst_case import combine
-from bench.stats import wilson_interval
 
 EPS = 8 / 255
 SCENARIO = {"dataset": "cifar10", "dataset_options": {}, "norm": "Linf", "eps": EPS,

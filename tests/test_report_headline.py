@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from attacks.stats import wilson_interval
 from bench.reporting import comparisons, decomposition, figures, headline, provenance
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.tables import to_markdown
-from bench.stats import mcnemar_exact, newcombe_paired_interval, wilson_interval
+from bench.stats import mcnemar_exact, newcombe_paired_interval
 
 EPS = 0.15
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, spread, wilson_interval
+from attacks.stats import wilson_interval
+from bench.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, spread
 
 
 @pytest.mark.parametrize("successes, n, expected", [

@@ -17,9 +17,10 @@ import torch
 
 import attacks
 from attacks.protocol import evaluate_correctness, summarise_draws
+from attacks.seeding import seed_everything
 from bench.config import compose, parse_overrides
 from bench.grid import expand
-from bench.runtime import resolve_device, seed_everything
+from bench.runtime import resolve_device
 
 LOG = logging.getLogger("bench.benchmarks.one_pass_selection")
 OWN = {"n": 360, "draws": 8, "steps": 20}

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from attacks.registry import UnknownNameError, closest_hint
 from bench.data import cifar, digits, imagenette, mnist, tinyimagenet
 from bench.data.base import SPLITS, DatasetInfo, ImageSplit
-from bench.registry import UnknownNameError, closest_hint
 
 DATA_DIR_ENV = "BENCH_DATA_DIR"
 DEFAULT_DATA_DIR = "./data"

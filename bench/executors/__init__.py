@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.registry import Registry
+from attacks.registry import Registry
 
 
 class Executor(Protocol):

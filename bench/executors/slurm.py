@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
+from attacks.progress import Progress
+from attacks.registry import closest_hint
 from bench.config import ConfigError
 from bench.grid import Plan
 from bench.jobs import CellJob, StageJob, read_plan
-from bench.progress import Progress
-from bench.registry import closest_hint
 from bench.status import JobBook, collect_finished_jobs, query_job_states, state_word
 
 LOG = logging.getLogger("bench.executors")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bench.registry import closest_hint
+from attacks.registry import closest_hint
 
 METRICS = ("clean", "robust", "worst")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from attacks.stats import wilson_interval
 from bench.reporting.collect import CellResult
-from bench.stats import wilson_interval
 
 
 @dataclass

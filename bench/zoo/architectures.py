@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from bench.registry import UnknownNameError, closest_hint
+from attacks.registry import UnknownNameError, closest_hint
 from bench.zoo.normalization import Stats
 from bench.zoo.preact_resnet import PreActResNet18
 from bench.zoo.small_cnn import SmallCNN

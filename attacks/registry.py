@@ -1,12 +1,15 @@
 """Name -> class registries with lazy imports, user extensions and errors that help.
 
-A name resolves, in order, to: a built-in entry ("pgd"), an entry point of the registry's group
-(a package that declares `[project.entry-points."bench.attacks"] myattack = "pkg.mod:MyAttack"`), or a
-`package.module:ClassName` path given directly in a grid file. Nothing is ever evaluated as code.
+The generic registry behind `attacks.REGISTRY`, `defences.REGISTRY` and the harness's executors; it lives at
+the lowest layer so that the attacks need nothing from the harness. A name resolves, in order, to: a built-in
+entry ("pgd"), an entry point of the registry's group (a package that declares
+`[project.entry-points."bench.attacks"] myattack = "pkg.mod:MyAttack"`), or a `package.module:ClassName` path
+given directly in a grid file. Nothing is ever evaluated as code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -43,10 +46,11 @@ def import_object(path: str) -> type:
 class Registry:
     """A lazily importing registry of classes for one kind of thing (defences, attacks)."""
 
-    def __init__(self, kind: str, builtins: dict[str, str], entry_point_group: str):
+    def __init__(self, kind: str, builtins: dict[str, str], entry_point_group: str, base: type | None = None):
         self.kind = kind
         self._builtins = dict(builtins)
         self._group = entry_point_group
+        self.base = base
 
     def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
         return {ep.name: ep for ep in importlib.metadata.entry_points(group=self._group)}
@@ -72,11 +76,17 @@ class Registry:
             f"A user {self.kind} can also be given as 'package.module:ClassName'."
         )
 
+    def get_class(self, name: str) -> type:
+        """`resolve(name)`, checked to be a subclass of the registry's base class (when it has one)."""
+        cls = self.resolve(name)
+        if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{name!r} resolves to {cls!r}, which is not a "
+                            f"{self.base.__module__}.{self.base.__qualname__} subclass")
+        return cls
+
 
 def coerce_params(params_class: type, given: dict, owner: str) -> object:
     """Build a params dataclass from a mapping; unknown keys are errors that list the valid ones."""
-    import dataclasses
-
     valid = {f.name for f in dataclasses.fields(params_class) if f.init}
     unknown = sorted(set(given) - valid)
     if unknown:
