@@ -23,11 +23,12 @@ from typing import Any
 import attacks
 from attacks.diagnostics import Budget
 from attacks.losses import LOSSES
-from bench import records
+from attacks.seeding import seed_everything
 from bench.config import ConfigError, compose, parse_overrides
 from bench.grid import EvalCell, Plan, expand
 from bench.jobs import configure_logging
-from bench.runtime import git_commit, package_versions, resolve_device, seed_everything
+from bench.runtime import git_commit, package_versions, resolve_device
+from defences.atomic import write_json_atomic
 
 LOG = logging.getLogger("bench.diagnose")
 BUDGET_KEYS = {f.name for f in dataclasses.fields(Budget)} - {"seed"}
@@ -128,7 +129,7 @@ def run(argv: list[str]) -> Path:
                 "attack_name": cell.attack_name, "target": attack.target, "created_at": time.time(),
                 "git_commit": git_commit(), "packages": package_versions()}
     path = output_path(config.results_dir(), cell)
-    records.write_json_atomic(path, document)
+    write_json_atomic(path, document)
     LOG.info("wrote %s (raised: %s)", path, ", ".join(report.raised) or "none")
     return path
 

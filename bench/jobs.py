@@ -23,7 +23,7 @@ def write_plan(plan: Plan, results_dir: Path) -> Path:
     """Write the plan under a name of its content (what this run's jobs read: a concurrent run with other
     settings cannot change it under them) and as plan.json (the latest, for bench.status and bench.report)."""
     from bench.grid import content_key
-    from bench.records import write_json_atomic
+    from defences.atomic import write_json_atomic
 
     data = plan.to_json()
     path = results_dir / ".plan" / f"plan-{content_key(data)}.json"

@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -107,27 +104,7 @@ def _result_problems(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-# --- files ------------------------------------------------------------------------------------------------
-
-def unique_temp(path: Path) -> Path:
-    """A temporary name beside `path`, unique across processes, threads and hosts sharing a filesystem."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a unique temporary file, fsync it, then rename over `path`: readers never see half a
-    file, and two writers never share a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_temp(path)
-    try:
-        with tmp.open("w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
+# --- files (written with defences.atomic.write_json_atomic) ----------------------------------------------
 
 def read_json(path: Path) -> Any:
     """A JSON file's content; None when it does not exist. Invalid JSON raises ValueError naming the file."""

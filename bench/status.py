@@ -21,6 +21,7 @@ from bench import records
 from bench.grid import EvalCell, Plan
 from bench.jobs import read_plan, record_path
 from bench.stages import DONE_FILE, FAILED_FILE
+from defences.atomic import write_json_atomic
 
 JOBS_FILE = "jobs.json"
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "RESIZING"}
@@ -54,7 +55,7 @@ class JobBook:
             self.jobs.setdefault(key, []).append(job)
 
     def save(self) -> None:
-        records.write_json_atomic(self.path, {"arrays": self.arrays, "jobs": self.jobs})
+        write_json_atomic(self.path, {"arrays": self.arrays, "jobs": self.jobs})
 
 
 # --- asking SLURM ----------------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def collect_finished_jobs(plan: Plan, book: JobBook, states: dict[str, str] | No
             found = stage_file_state(plan, key)
             if found is None:
                 stage = plan.stages[key]
-                records.write_json_atomic(Path(stage.artifact_dir) / FAILED_FILE, {
+                write_json_atomic(Path(stage.artifact_dir) / FAILED_FILE, {
                     "stage": key, "label": stage.label, "error": _death_note(job, job_state),
                     "log": job.get("stderr"), "stdout": job.get("stdout"), "slurm_job_id": job["job_id"],
                     "slurm_state": job_state, "failed_at": time.time()})
@@ -171,7 +172,7 @@ def collect_finished_jobs(plan: Plan, book: JobBook, states: dict[str, str] | No
             cell = cells[key]
             found = cell_file_state(plan, cell)
             if found is None:
-                records.write_json_atomic(record_path(plan, cell), {
+                write_json_atomic(record_path(plan, cell), {
                     "schema_version": records.SCHEMA_VERSION, "status": "failed", "key": key, "grid": cell.grid,
                     "block": cell.block, "scenario": cell.scenario, "defence": cell.defence_key,
                     "defence_name": cell.defence_name, "stage": cell.stage, "attack": cell.attack_key,

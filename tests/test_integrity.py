@@ -21,6 +21,7 @@ from bench.jobs import record_path
 from bench.locks import WorkLock
 from bench.run import main as run_main
 from bench.run import plan_state
+from defences.atomic import write_json_atomic
 
 
 @pytest.fixture
@@ -125,7 +126,7 @@ def test_dry_run_marks_stale_cells_and_says_which_file_changed(tiny_grid, capsys
     old = valid_record(cell, key="0123456789abcdef", fingerprint={**cell.fingerprint, "code": old_code},
                        git_commit="old", git_dirty=True)
     old_path = record_path(plan, cell).with_name(cell.record_name.replace(cell.key, "0123456789abcdef"))
-    records.write_json_atomic(old_path, old)
+    write_json_atomic(old_path, old)
     assert run_main(tiny_grid() + ["dry_run=true"]) == 0
     out = capsys.readouterr().out
     line = next(i for i, text in enumerate(out.splitlines()) if "digits/standard/pgd" in text)
@@ -168,7 +169,7 @@ def test_invalid_files_are_quarantined_never_done(tiny_grid, caplog):
     for path in [*paths, stray]:
         assert path.name in caplog.text
     valid = valid_record(cells[0])
-    records.write_json_atomic(paths[0], valid)
+    write_json_atomic(paths[0], valid)
     assert records.record_status(paths[0], cells[0].key) == "done"
     assert records.validate_record(valid) == []
 
@@ -244,7 +245,7 @@ def test_status_reads_the_folders_given_after_a_move(tiny_grid, tmp_path, monkey
     plan = expand(compose(args))
     write_plan(plan, tmp_path / "results" / "tiny_test")
     cell = plan.cells[0]
-    records.write_json_atomic(record_path(plan, cell), valid_record(cell))
+    write_json_atomic(record_path(plan, cell), valid_record(cell))
     (tmp_path / "results").rename(tmp_path / "moved")
     monkeypatch.chdir(tmp_path)
     grid_file = args[0].partition("=")[2]
