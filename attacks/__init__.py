@@ -12,7 +12,7 @@ import torch
 
 from attacks.base import Attack, ThreatModelViolation, attack_surface, check_threat_model, project
 from attacks.protocol import evaluate_correctness, summarise_draws, worst_case_over_attacks
-from bench.registry import Registry, coerce_params
+from attacks.registry import Registry, coerce_params
 
 if TYPE_CHECKING:
     from attacks.diagnostics import DiagnosticReport
@@ -33,19 +33,13 @@ REGISTRY = Registry(
         "adaptive": "attacks.adaptive:Adaptive",
     },
     entry_point_group="bench.attacks",
+    base=Attack,
 )
-
-
-def attack_class(name: str) -> type[Attack]:
-    cls = REGISTRY.resolve(name)
-    if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise TypeError(f"{name!r} resolves to {cls!r}, which is not an attacks.Attack subclass")
-    return cls
 
 
 def build(name: str, **params) -> Attack:
     """Build attack `name` with `params` (eps, norm, steps, ...); unknown settings are errors."""
-    cls = attack_class(name)
+    cls = REGISTRY.get_class(name)
     attack = coerce_params(cls, params, owner=f"attack {name!r}")
     attack.registry_name = name
     return attack
@@ -64,7 +58,7 @@ def diagnose(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
 
 
 __all__ = [
-    "Attack", "REGISTRY", "ThreatModelViolation", "attack_class", "attack_surface", "build",
+    "Attack", "REGISTRY", "ThreatModelViolation", "attack_surface", "build",
     "check_threat_model", "diagnose", "evaluate_correctness", "names", "project", "summarise_draws",
     "worst_case_over_attacks",
 ]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from attacks.registry import UnknownNameError
 from bench.config import ConfigError, available, load_conf
-from bench.registry import UnknownNameError
 
 
 def _first_line(text: str | None) -> str:
@@ -41,8 +41,8 @@ def entries() -> dict[str, list[tuple[str, str]]]:
     return {
         "grids": [(name, _conf_line("grid", name)) for name in available("grid")],
         "scenarios": [(name, _conf_line("scenario", name)) for name in available("scenario")],
-        "defences": [(name, _class_line(defences.defence_class, name)) for name in defences.names()],
-        "attacks": [(name, _class_line(attacks.attack_class, name)) for name in attacks.names()],
+        "defences": [(name, _class_line(defences.REGISTRY.get_class, name)) for name in defences.names()],
+        "attacks": [(name, _class_line(attacks.REGISTRY.get_class, name)) for name in attacks.names()],
         "executors": [(name, _class_line(EXECUTORS.resolve, name)) for name in available("executor")],
     }
 

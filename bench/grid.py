@@ -22,9 +22,9 @@ from typing import Any
 import attacks
 import defences
 from attacks.base import NORMS
+from attacks.registry import UnknownNameError
 from bench.config import ConfigError, RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
-from bench.registry import UnknownNameError
 from bench.validation import check_dataclass_values
 
 
@@ -120,7 +120,7 @@ def _resolve_defence(spec: dict[str, Any], scenario_defaults: dict[str, Any], wh
     name = spec["name"]
     given = {k: v for k, v in spec.items() if k not in ("name", "base")}
     try:
-        cls = defences.defence_class(name)
+        cls = defences.REGISTRY.get_class(name)
         settings = {**scenario_defaults.get(name, {}), **given}
         check_dataclass_values(cls.Params, settings, owner=where)
         built = cls.make_params(settings)
@@ -144,7 +144,7 @@ def _resolve_attack(spec: dict[str, Any], scenario_norm: str, scenario_eps: floa
                               f"{scenario_norm}: give its eps explicitly")
         given["eps"] = scenario_eps
     try:
-        check_dataclass_values(attacks.attack_class(name), given, owner=where)
+        check_dataclass_values(attacks.REGISTRY.get_class(name), given, owner=where)
         attack = attacks.build(name, **given)
     except (UnknownNameError, ValueError, TypeError, ImportError) as error:
         raise ConfigError(_located(where, error)) from error
@@ -174,7 +174,7 @@ def expand(config: RunConfig) -> Plan:
             if spec["base"] not in grid["defences"]:
                 raise ConfigError(f"defences.{defence_key}.base={spec['base']!r} is not a defence of this grid")
             base = stage_for(scenario_name, spec["base"], seed, chain + (defence_key,))
-        cls = defences.defence_class(name)
+        cls = defences.REGISTRY.get_class(name)
         identity = {"scenario": scenario.identity(), "defence": name, "params": params, "seed": seed,
                     "code_version": cls.code_version, "base": base.settings_key if base else None}
         fingerprint = {"stage_code": {**(base.fingerprint["stage_code"] if base else {}), **stage_code(cls)},

@@ -65,7 +65,7 @@ def defence_budget(name: str) -> dict[str, Any]:
     """The smoke settings of defence `name`: those of DEFENCE_BUDGET its Params dataclass has."""
     import defences
 
-    valid = {f.name for f in fields(defences.defence_class(name).Params)}
+    valid = {f.name for f in fields(defences.REGISTRY.get_class(name).Params)}
     budget = {**DEFENCE_BUDGET, **DEFENCE_BUDGET_BY_NAME.get(name, {})}
     return {key: value for key, value in budget.items() if key in valid}
 
@@ -74,7 +74,7 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
     """The smoke settings of a grid attack entry: its resolved budgets shrunk (see the module docstring)."""
     import attacks
 
-    cls = attacks.attack_class(spec["name"])
+    cls = attacks.REGISTRY.get_class(spec["name"])
     defaults = {f.name: f.default for f in fields(cls)}
     out: dict[str, Any] = {}
     for key, floor in ATTACK_STEPS_FLOOR.items():

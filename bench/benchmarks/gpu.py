@@ -36,7 +36,8 @@ import torch
 
 import attacks
 import defences
-from bench.runtime import hardware_summary, resolve_device, seed_everything
+from attacks.seeding import seed_everything
+from bench.runtime import hardware_summary, resolve_device
 from bench.zoo import WideResNet
 from defences.base import Defence, Task
 
@@ -100,7 +101,7 @@ def build_defences(size: Size, device: torch.device) -> dict[str, Defence]:
 
 def scaled_attack(name: str, scale: int, **extra: Any) -> attacks.Attack:
     """Attack `name` at 1/scale of its step-like budgets (at least 1 each)."""
-    defaults = {f.name: f.default for f in fields(attacks.attack_class(name))}
+    defaults = {f.name: f.default for f in fields(attacks.REGISTRY.get_class(name))}
     budget = {k: max(1, int(defaults[k]) // scale) for k in STEP_FIELDS if isinstance(defaults.get(k), int)}
     if "target_classes" in defaults:
         budget["target_classes"] = min(int(defaults["target_classes"]), CIFAR10.num_classes - 1)
@@ -138,7 +139,7 @@ def attack_cost(defence: Defence, attack_name: str, size: Size, device: torch.de
 
 
 def eot_batching(defence: Defence, size: Size, device: torch.device, clock: Clock) -> dict[str, Any]:
-    eot = attacks.attack_class("pgd_eot").eot
+    eot = attacks.REGISTRY.get_class("pgd_eot").eot
     batched = attack_cost(defence, "pgd_eot", size, device, clock, max_batch=size.attack_batch * eot)
     looped = attack_cost(defence, "pgd_eot", size, device, clock, max_batch=size.attack_batch)
     return {"eot": eot, "batched_s": batched["seconds"], "looped_s": looped["seconds"],

@@ -45,14 +45,14 @@ def defence_kind(defence_name: str) -> str:
     from defences.atop.model import AToP
     from defences.carso.model import Carso
 
-    cls = defences.defence_class(defence_name)
+    cls = defences.REGISTRY.get_class(defence_name)
     return "carso" if issubclass(cls, Carso) else "atop" if issubclass(cls, AToP) else "at"
 
 
 def _defaults(attack_name: str) -> dict[str, Any]:
     import attacks
 
-    return {f.name: f.default for f in fields(attacks.attack_class(attack_name))}
+    return {f.name: f.default for f in fields(attacks.REGISTRY.get_class(attack_name))}
 
 
 def budget_ratio(attack_name: str, settings: dict[str, Any]) -> float:
