@@ -56,20 +56,15 @@ class Scenario:
     def task(self) -> Task:
         from bench.data import dataset_info
 
-        info = dataset_info(self.dataset)
-        height = width = self.dataset_options.get("image_size", None)
-        if self.dataset_options.get("pad_to_32"):
-            height = width = 32
-        return Task(dataset=self.dataset, channels=info.channels, height=height or info.height,
-                    width=width or info.width, num_classes=info.num_classes, mean=tuple(info.mean),
-                    std=tuple(info.std), norm=self.norm, eps=float(self.eps))
+        image_size = 32 if self.dataset_options.get("pad_to_32") else self.dataset_options.get("image_size")
+        return Task.of(dataset_info(self.dataset), self.norm, self.eps, image_size)
 
 
 def scenario_from_dict(name: str, raw: dict[str, Any]) -> Scenario:
     valid = {f.name for f in fields(Scenario)} - {"name"}
     unknown = sorted(set(raw) - valid)
     if unknown:
-        from bench.registry import closest_hint
+        from attacks.registry import closest_hint
 
         raise ValueError(f"scenario {name}: unknown key(s) {unknown}. {closest_hint(unknown[0], valid)}")
     return Scenario(name=name, **copy.deepcopy(raw))

@@ -8,27 +8,23 @@ from pathlib import Path
 
 import torch
 
+from defences.base import ImageData
+
 SPLITS = ("train", "test")
 
 IndexLike = torch.Tensor | slice | Sequence[int]
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset; `mean`/`std` are per channel, of the [0, 1] training images."""
+class DatasetInfo(ImageData):
+    """Static facts about a dataset: its images (defences.base.ImageData: shape, classes, per-channel mean/std of
+    the [0, 1] training images) and how to get its files."""
 
-    name: str
-    channels: int
-    height: int
-    width: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     how_to_get: str
 
-    def __post_init__(self) -> None:
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"{self.name}: mean/std need one value per channel ({self.channels})")
+    @property
+    def name(self) -> str:
+        return self.dataset
 
 
 @dataclass

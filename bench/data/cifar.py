@@ -130,7 +130,7 @@ CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
 
 # The standard published statistics (as used by RobustBench and the DeepMind model zoo).
 CIFAR10_INFO = DatasetInfo(
-    name="cifar10",
+    dataset="cifar10",
     channels=3,
     height=32,
     width=32,
@@ -144,7 +144,7 @@ CIFAR10_INFO = DatasetInfo(
 )
 
 CIFAR100_INFO = DatasetInfo(
-    name="cifar100",
+    dataset="cifar100",
     channels=3,
     height=32,
     width=32,

@@ -16,7 +16,7 @@ IMAGE_SIZE = 32
 # Measured on the 1437 training images after the /16 scaling and upsampling below;
 # tests/test_data_loaders.py recomputes them.
 INFO = DatasetInfo(
-    name="digits",
+    dataset="digits",
     channels=1,
     height=IMAGE_SIZE,
     width=IMAGE_SIZE,

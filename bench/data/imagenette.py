@@ -15,7 +15,7 @@ FOLDERS = ("imagenette2-160", "imagenette2-320", "imagenette2")
 DEFAULT_IMAGE_SIZE = 64
 
 INFO = DatasetInfo(
-    name="imagenette",
+    dataset="imagenette",
     channels=3,
     height=DEFAULT_IMAGE_SIZE,
     width=DEFAULT_IMAGE_SIZE,

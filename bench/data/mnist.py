@@ -27,7 +27,7 @@ _LAYOUT_HELP = (
 )
 
 MNIST_INFO = DatasetInfo(
-    name="mnist",
+    dataset="mnist",
     channels=1,
     height=28,
     width=28,
@@ -40,7 +40,7 @@ MNIST_INFO = DatasetInfo(
 )
 
 FASHION_MNIST_INFO = DatasetInfo(
-    name="fashion_mnist",
+    dataset="fashion_mnist",
     channels=1,
     height=28,
     width=28,

@@ -13,7 +13,7 @@ FOLDER = "tiny-imagenet-200"
 IMAGE_SIZE = 64
 
 INFO = DatasetInfo(
-    name="tinyimagenet",
+    dataset="tinyimagenet",
     channels=3,
     height=IMAGE_SIZE,
     width=IMAGE_SIZE,
