@@ -24,7 +24,7 @@ def one_torch_thread():
 def digits8_data():
     """scikit-learn's digits at 8x8, (train_x, train_y, test_x, test_y), for the attack tests that fit a tiny CNN
     (each takes the first N test points it needs)."""
-    from attacks.toys import digits8
+    from bench.benchmarks.toys import digits8
 
     train_x, train_y = digits8("train")
     test_x, test_y = digits8("test")

@@ -13,7 +13,7 @@ from test_attacks_exact import EPS, SHAPE, linear_problem
 
 import attacks
 from attacks.protocol import evaluate_correctness
-from attacks.toys import LinearClassifier, NoisyDefence, exact_robust_correct, robust_radius, toy_task
+from bench.benchmarks.toys import LinearClassifier, NoisyDefence, exact_robust_correct, robust_radius, toy_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from attacks.apgd import APGD, checkpoint_lengths, eot_estimate
-from attacks.toys import LinearClassifier, NoisyDefence, TinyCNN, fit_classifier, toy_task
+from bench.benchmarks.toys import LinearClassifier, NoisyDefence, TinyCNN, fit_classifier, toy_task
 
 N = 100
 EPS = {"Linf": 0.1, "L2": 0.8}

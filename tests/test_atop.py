@@ -313,7 +313,8 @@ def test_fit_refuses_an_untrained_classifier_without_a_base(tmp_path, digits_tra
 
 def test_finetune_step_adds_the_ce_term_through_the_frozen_classifier(digits_train):
     from attacks.gradient import FGSM
-    from defences.atop.training import adam, frozen
+    from defences.atop.training import adam
+    from defences.fitting import frozen
 
     x, y = digits_train.float_images(slice(0, 16)), digits_train.labels[:16]
     updates = {}

@@ -14,7 +14,7 @@ import torch
 import attacks
 from attacks.eot import eot_gradient
 from attacks.protocol import summarise_draws
-from attacks.toys import NoisyDefence, TinyCNN, fit_classifier, toy_task
+from bench.benchmarks.toys import NoisyDefence, TinyCNN, fit_classifier, toy_task
 
 EPS = 0.1
 N = 100

@@ -1,6 +1,6 @@
 """Attacks against models with a closed-form answer: linear classifiers under Linf and L2.
 
-For a linear model the exact robust correctness is known (attacks/toys.py: the margin to each class falls at
+For a linear model the exact robust correctness is known (bench/benchmarks/toys.py: the margin to each class falls at
 rate eps * ||w_y - w_j||_dual). Inputs sit far enough inside [0, 1] that the optimal perturbation of every
 class stays in the box, so the box never binds and the closed form is the true answer. No point lies within
 10% of its robust radius of eps, so "reaching the exact value" does not hinge on a last rounding step.
@@ -17,7 +17,7 @@ import torch
 
 import attacks
 from attacks.base import ThreatModelViolation, check_threat_model, lp_norms
-from attacks.toys import LinearClassifier, exact_robust_correct, robust_radius
+from bench.benchmarks.toys import LinearClassifier, exact_robust_correct, robust_radius
 from defences.base import Defence
 
 CLASSES, SHAPE, N = 4, (1, 6, 6), 40  # 6x6: pyautoattack's L2 Square needs images of at least 5x5
@@ -119,7 +119,7 @@ def test_every_attack_stays_in_the_threat_model(problem, name):
     norm, eps = problem["norm"], EPS[problem["norm"]]
     model = problem["model"]
     if name == "bpda_eot":  # BPDA needs purify/classify: the base Defence, whose purifier is the identity
-        from attacks.toys import toy_task
+        from bench.benchmarks.toys import toy_task
 
         model = Defence(model, toy_task(side=SHAPE[-1], num_classes=CLASSES), None).eval()
     x = problem["x"].clone()
@@ -199,7 +199,7 @@ def test_every_gradient_attack_takes_each_loss_and_rejects_others(problem, name)
         attacks.build(name, loss="hinge")
     two_classes = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
     if name == "bpda_eot":
-        from attacks.toys import toy_task
+        from bench.benchmarks.toys import toy_task
 
         two_classes = Defence(two_classes, toy_task(side=6, num_classes=2), None)
     attack = attacks.build(name, eps=0.1, loss="dlr", **({"steps": 1} if name != "fgsm" else {}))

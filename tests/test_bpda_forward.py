@@ -12,7 +12,7 @@ import attacks
 import defences
 from attacks.bpda import IdentityGradientPurifier
 from attacks.losses import attack_loss
-from attacks.toys import NoisyDefence, TinyCNN, toy_task
+from bench.benchmarks.toys import NoisyDefence, TinyCNN, toy_task
 from bench.zoo import SmallCNN
 from defences.base import Task
 from defences.carso import aggregate

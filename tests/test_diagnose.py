@@ -13,7 +13,7 @@ from torch import nn
 
 import attacks
 from attacks.diagnostics import FLAGS, check_loss_masking, eps_grid, gradient_flag
-from attacks.toys import NoisyDefence, QuantisingDefence, TinyCNN, fit_classifier, toy_task
+from bench.benchmarks.toys import NoisyDefence, QuantisingDefence, TinyCNN, fit_classifier, toy_task
 from bench.config import ConfigError, compose
 from bench.diagnose import cell_budget, find_cell, main
 from bench.grid import expand

@@ -19,7 +19,7 @@ from attacks.protocol import (
     summarise_draws,
     worst_case_over_attacks,
 )
-from attacks.toys import BernoulliModel
+from bench.benchmarks.toys import BernoulliModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

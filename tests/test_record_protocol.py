@@ -32,7 +32,7 @@ class Helpful(Attack):
 def grid(edit):
     def change(grid: dict) -> None:
         grid["defences"] = {"standard": {"name": "standard", "epochs": 1},
-                            "noisy": {"name": "attacks.toys:NoisyDefence", "base": "standard", "sigma": 0.3}}
+                            "noisy": {"name": "bench.benchmarks.toys:NoisyDefence", "base": "standard", "sigma": 0.3}}
         grid["attacks"] = {"helpful": {"name": "test_record_protocol:Helpful"},
                            "adaptive": {"name": "adaptive", "apgd_steps": 3, "pgd_steps": 3, "square_queries": 20,
                                         "eot": 2, "selection_draws": 2, "max_escalations": 1}}

@@ -18,7 +18,7 @@ import attacks
 from attacks.base import project
 from attacks.gradient import PGD, input_gradient, random_start, steepest_ascent
 from attacks.protocol import evaluate_correctness
-from attacks.toys import LinearClassifier, NoisyDefence, toy_task
+from bench.benchmarks.toys import LinearClassifier, NoisyDefence, toy_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

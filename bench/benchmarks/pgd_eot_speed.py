@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import attacks
 from attacks.eot import default_max_batch, eot_passes
-from attacks.toys import NoisyDefence, toy_task
+from bench.benchmarks.toys import NoisyDefence, toy_task
 from bench.runtime import resolve_device
 from bench.zoo.small_cnn import SmallCNN
 

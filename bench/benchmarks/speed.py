@@ -33,7 +33,7 @@ import torch
 import attacks
 from attacks.apgd import APGD, apgd_max_batch
 from attacks.protocol import evaluate_correctness
-from attacks.toys import LinearClassifier, NoisyDefence, TinyCNN, digits8, fit_classifier, toy_task
+from bench.benchmarks.toys import LinearClassifier, NoisyDefence, TinyCNN, digits8, fit_classifier, toy_task
 from bench.runtime import resolve_device
 
 EPS = 0.1

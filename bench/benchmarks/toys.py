@@ -1,4 +1,4 @@
-"""Small models with known answers: for the attack tests, the diagnostics' self-checks and the speed benchmark.
+"""Small models with known answers: for the attack and protocol tests and the speed benchmarks (one home for both).
 
 - `LinearClassifier` and `exact_robust_correct`: a linear model's exact robust correctness under Linf and L2
   (closed form, for inputs far enough from the box that the box does not bind);
