@@ -21,21 +21,16 @@ import torch
 
 import attacks
 import defences
+from attacks.progress import Progress
 from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
+from attacks.seeding import derive_seed, seed_everything
 from bench import records
 from bench.config import load_scenario
 from bench.grid import EvalCell, TrainStage
 from bench.locks import locked
-from bench.progress import Progress
-from bench.runtime import (
-    derive_seed,
-    git_state,
-    hardware_summary,
-    package_versions,
-    resolve_device,
-    seed_everything,
-)
+from bench.runtime import git_state, hardware_summary, package_versions, resolve_device
 from bench.scenarios import Scenario
+from defences.atomic import write_json_atomic
 from defences.base import Defence, FitContext
 
 LOG = logging.getLogger("bench.stages")
@@ -161,7 +156,7 @@ def _fit_stage(stages: dict[str, TrainStage], stage: TrainStage, options: dict[s
         LOG.info("trained %s in %.1f s", stage.label, time.time() - started)
         return "done"
     except Exception as error:
-        records.write_json_atomic(folder / FAILED_FILE, {
+        write_json_atomic(folder / FAILED_FILE, {
             "stage": key, "label": stage.label, "error": "".join(traceback.format_exception(error)),
             "log": os.environ.get("BENCH_JOB_LOG"), "failed_at": time.time()})
         raise
@@ -267,7 +262,7 @@ def _evaluate_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[
             result = _batch_result(defence, attack, images[lo:hi].to(device), labels[lo:hi].to(device), draws,
                                    derive_seed(cell.seed, cell.settings_key, batch))
             partial["batches"][str(batch)] = result
-            records.write_json_atomic(partial_path, partial)
+            write_json_atomic(partial_path, partial)
             progress.update()
         batches = [partial["batches"][str(b)] for b in range(n_batches)]
         clean = torch.tensor([row for b in batches for row in b["clean"]])
@@ -285,14 +280,14 @@ def _evaluate_cell(stages: dict[str, TrainStage], cell: EvalCell, options: dict[
             "attack_seconds": sum(b["attack_seconds"] for b in batches),
             "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time(),
         }
-        records.write_json_atomic(record_path, record)
+        write_json_atomic(record_path, record)
         partial_path.unlink(missing_ok=True)
         LOG.info("%s: clean %.3f robust %.3f (n=%d)", cell.label, record["clean_acc"], record["robust_acc"],
                  len(labels))
         return "done"
     except Exception as error:  # a failed cell is recorded as failed, never as a result
         LOG.error("%s failed: %s", cell.label, error)
-        records.write_json_atomic(record_path, {
+        write_json_atomic(record_path, {
             **base_record, "status": "failed", "error": "".join(traceback.format_exception(error)),
             "wall_seconds": time.time() - started, "finished_at": time.time()})
         return "failed"

@@ -3,12 +3,20 @@
 A defence is an `nn.Module` from images in [0, 1] to logits (or log-probabilities), differentiable end
 to end. It wraps a classifier; defences with a purifier also expose `purify` and `classify` so that an
 attack can replace the purifier's gradient by the identity (BPDA) or target the classifier alone.
+
+Training-loop convention (CARSO, AToP): a defence's training module exports
+`train_purifier(defence, train, ctx, ...)`, which takes the whole defence (typed by a Protocol declared in the
+training module, so that it never imports the model module) and trains its purifier in place against its frozen
+classifier; the model module's `fit` calls it. Every loop re-seeds per epoch (`FitContext.seed_epoch`), resumes
+and checkpoints through `FitContext.resume` / `save_epoch`, reports progress through `FitContext.progress` and
+measures accuracy with `defences.fitting.accuracy`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,16 +25,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.records import unique_temp, write_json_atomic
-from bench.registry import coerce_params
-from bench.runtime import derive_seed, seed_everything
+from attacks.progress import Progress
+from attacks.registry import coerce_params
+from attacks.seeding import derive_seed, seed_everything
+from defences.atomic import unique_temp, write_json_atomic
 
 LOG = logging.getLogger("bench.defences")
 
 
 @dataclass(frozen=True)
-class Task:
-    """What a defence needs to know about its scenario: data shape, classes, statistics, threat model."""
+class ImageData:
+    """The facts about a dataset's images a defence needs: shape, classes, per-channel statistics of [0, 1] images.
+
+    The harness's dataset catalogue (`bench.data.DatasetInfo`) extends it with how to get the files.
+    """
 
     dataset: str
     channels: int
@@ -35,17 +47,39 @@ class Task:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    norm: str
-    eps: float
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"{self.dataset}: mean/std need one value per channel ({self.channels})")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
 
+@dataclass(frozen=True)
+class Task(ImageData):
+    """What a defence needs to know about its scenario: the images (ImageData) and the threat model."""
+
+    norm: str
+    eps: float
+
+    @classmethod
+    def of(cls, data: ImageData, norm: str, eps: float, image_size: int | None = None) -> Task:
+        """The task of `data` under threat model (norm, eps), its images resized to `image_size` when given."""
+        height, width = (image_size, image_size) if image_size else (data.height, data.width)
+        return cls(dataset=data.dataset, channels=data.channels, height=height, width=width,
+                   num_classes=data.num_classes, mean=tuple(data.mean), std=tuple(data.std), norm=norm,
+                   eps=float(eps))
+
+
+ProgressFactory = Callable[..., Progress]
+
+
 @dataclass
 class FitContext:
-    """Where and how a defence is fitted: device, seed, a work folder for resumable checkpoints, a logger."""
+    """Where and how a defence is fitted: device, seed, a work folder for resumable checkpoints, a logger and
+    the progress meter the training loops report to (`make_progress(label, total, logger, every_s=, unit=)`)."""
 
     device: torch.device
     seed: int
@@ -53,6 +87,13 @@ class FitContext:
     log: logging.Logger = field(default_factory=lambda: LOG)
 
     classifier_pretrained: bool = False
+    make_progress: ProgressFactory = Progress
+
+    def progress(self, label: str, total: int, every_s: float, unit: str, done: int = 0) -> Progress:
+        """A progress meter for `total` units, `done` of them already finished (a resumed run)."""
+        meter = self.make_progress(label, total, self.log, every_s=every_s, unit=unit)
+        meter.done = done
+        return meter
 
     def checkpoint_path(self, phase: str = "train") -> Path:
         return self.workdir / f"progress-{phase}.pt"
@@ -79,6 +120,24 @@ class FitContext:
         if not path.exists():
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
+
+    def resume(self, phase: str, epochs: int, **stateful: Any) -> tuple[list[dict[str, Any]], int]:
+        """(history, first epoch to run): the `stateful` objects (modules, optimisers) are restored from the
+        phase's checkpoint when there is one (saved by `save_epoch`); otherwise ([], 0)."""
+        saved = self.load_checkpoint(phase)
+        if saved is None:
+            return [], 0
+        for name, thing in stateful.items():
+            thing.load_state_dict(saved[name])
+        start_epoch = int(saved["epoch"]) + 1
+        self.log.info("%s: resuming after epoch %d of %d", phase, start_epoch, epochs)
+        return list(saved["history"]), start_epoch
+
+    def save_epoch(self, phase: str, epoch: int, history: list[dict[str, Any]], **stateful: Any) -> None:
+        """Checkpoint a finished epoch: the `stateful` objects' state dicts and the history so far."""
+        state = {"epoch": epoch, **{name: thing.state_dict() for name, thing in stateful.items()},
+                 "history": history}
+        self.save_checkpoint(state, phase=phase)
 
 
 class Defence(nn.Module):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.progress import Progress
 from defences.base import FitContext
+from defences.fitting import accuracy
 
 SCHEDULES = ("piecewise", "onecycle", "cosine", "constant")
 OPTIMISERS = ("sgd", "adam")
@@ -90,79 +90,80 @@ def make_optimiser(model: nn.Module, settings: TrainingSettings) -> torch.optim.
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-             batch_size: int = 512) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        x = images[start:start + batch_size].to(device)
-        correct += (model(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
-    return correct / max(len(labels), 1)
-
-
 Perturber = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def uses_augmentation(settings: TrainingSettings, images: torch.Tensor) -> bool:
+    """crop_flip, or auto on natural images (three channels, at least 32 pixels wide)."""
+    return settings.augment == "crop_flip" or (
+        settings.augment == "auto" and images.shape[1] == 3 and images.shape[-1] >= 32)
 
 
 def train_classifier(model: nn.Module, train: Any, settings: TrainingSettings, ctx: FitContext,
                      perturb: Perturber | None = None, label: str = "train") -> dict[str, Any]:
     """Train `model` on `train` (an ImageSplit); `perturb(model, x, y, epoch)` makes adversarial batches."""
     settings.validate()
-    device = ctx.device
-    model.to(device)
+    model.to(ctx.device)
     optimiser = make_optimiser(model, settings)
     images, labels = train.float_images(), train.labels
-    use_augment = settings.augment == "crop_flip" or (
-        settings.augment == "auto" and images.shape[1] == 3 and images.shape[-1] >= 32)
-    steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if (saved := ctx.load_checkpoint(label)) is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        history, start_epoch = list(saved["history"]), int(saved["epoch"]) + 1
-        ctx.log.info("%s: resuming after epoch %d of %d", label, start_epoch, settings.epochs)
-    progress = Progress(label, settings.epochs, ctx.log, every_s=15.0, unit="epochs")
-    progress.done = start_epoch
+    history, start_epoch = ctx.resume(label, settings.epochs, model=model, optimiser=optimiser)
+    progress = ctx.progress(label, settings.epochs, every_s=15.0, unit="epochs", done=start_epoch)
     started = time.monotonic()
     for epoch in range(start_epoch, settings.epochs):
-        generator = ctx.seed_epoch(epoch)
-        order = torch.randperm(len(labels), generator=generator)
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
-            index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-            x, y = images[index], labels[index]
-            if use_augment:
-                x = augment_batch(x, generator)
-            x, y = x.to(device), y.to(device)
-            if perturb is not None:
-                model.eval()
-                x = perturb(model, x, y, epoch)
-                model.train()
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(settings, epoch + step / steps_per_epoch)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        record = {"epoch": epoch, "loss": loss_sum / seen, "batch_accuracy": correct / seen}
+        record = train_epoch(model, optimiser, images, labels, settings, ctx, epoch, perturb)
         history.append(record)
-        ctx.save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                             "history": history}, phase=label)
+        ctx.save_epoch(label, epoch, history, model=model, optimiser=optimiser)
         progress.update(loss=record["loss"], acc=record["batch_accuracy"])
-    model.eval()
-    clean_train_accuracy = accuracy(model, images, labels, device)
-    num_classes = int(labels.max().item()) + 1
-    chance = 1.0 / num_classes
-    summary = {"epochs": settings.epochs, "history": history, "clean_train_accuracy": clean_train_accuracy,
-               "train_seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch}
+    clean_train_accuracy = accuracy(model, images, labels, ctx.device)
+    check_collapse(clean_train_accuracy, labels, settings, label)
+    return {"epochs": settings.epochs, "history": history, "clean_train_accuracy": clean_train_accuracy,
+            "train_seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch}
+
+
+def train_epoch(model: nn.Module, optimiser: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                settings: TrainingSettings, ctx: FitContext, epoch: int, perturb: Perturber | None) -> dict[str, float]:
+    """One epoch over a fresh permutation (seeded from the epoch); returns its mean loss and batch accuracy."""
+    generator = ctx.seed_epoch(epoch)
+    order = torch.randperm(len(labels), generator=generator)
+    steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
+    augment = uses_augmentation(settings, images)
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step in range(steps_per_epoch):
+        index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+        x, y = images[index], labels[index]
+        if augment:
+            x = augment_batch(x, generator)
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        if perturb is not None:
+            model.eval()
+            x = perturb(model, x, y, epoch)
+            model.train()
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(settings, epoch + step / steps_per_epoch)
+        logits, loss = optimisation_step(model, optimiser, x, y)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return {"epoch": epoch, "loss": loss_sum / seen, "batch_accuracy": correct / seen}
+
+
+def optimisation_step(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One cross-entropy step on (x, y); returns the logits and the loss."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return logits, loss.item()
+
+
+def check_collapse(clean_train_accuracy: float, labels: torch.Tensor, settings: TrainingSettings,
+                   label: str) -> None:
+    """Raise TrainingCollapsed when the clean training accuracy is below `collapse_factor` x chance."""
+    chance = 1.0 / (int(labels.max().item()) + 1)
     if clean_train_accuracy < settings.collapse_factor * chance:
         raise TrainingCollapsed(
             f"{label}: clean training accuracy {clean_train_accuracy:.3f} is below {settings.collapse_factor} x chance "
             f"({chance:.3f}) after {settings.epochs} epochs; lower the LR, add warm-up, or reduce eps")
-    return summary

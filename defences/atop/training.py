@@ -11,15 +11,13 @@ under its own phase name ("atop-pretrain", "atop-finetune"), so a killed run res
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from attacks.gradient import FGSM
-from bench.progress import Progress
 from defences.atop.losses import (
     classification_loss,
     discriminator_loss,
@@ -27,35 +25,49 @@ from defences.atop.losses import (
     l1_loss,
     mae_loss,
 )
+from defences.atop.params import AToPParams
 from defences.base import FitContext
-
-if TYPE_CHECKING:
-    from defences.atop.model import AToP
+from defences.fitting import frozen
 
 PHASES = ("pretrain", "finetune")
 
 
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients for `module` inside the block; both restored afterwards."""
-    flags = [p.requires_grad for p in module.parameters()]
-    was_training = module.training
-    module.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in zip(module.parameters(), flags, strict=True):
-            parameter.requires_grad_(flag)
-        module.train(was_training)
+class PurifyingDefence(Protocol):
+    """What the loop needs of the AToP defence it trains (defences/atop/model.py: AToP)."""
+
+    params: AToPParams
+    classifier: nn.Module
+    purifier: nn.Module
+    discriminator: nn.Module | None
+
+    def purify_with_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def adam(parameters: Any, lr: float, defence: AToP) -> torch.optim.Adam:
+@dataclass
+class Phase:
+    """One training phase's settings: its checkpoint label, epochs, batch size, LR and (fine-tuning) FGSM."""
+
+    label: str
+    epochs: int
+    batch_size: int
+    lr: float
+    fgsm: FGSM | None
+
+    @classmethod
+    def of(cls, params: AToPParams, phase: str) -> Phase:
+        if phase not in PHASES:
+            raise ValueError(f"phase={phase!r} is not valid; valid: {', '.join(PHASES)}")
+        if phase == "finetune":
+            return cls(f"atop-{phase}", params.finetune_epochs, params.finetune_batch_size, params.finetune_lr,
+                       FGSM(eps=params.finetune_eps, norm=params.finetune_norm))
+        return cls(f"atop-{phase}", params.pretrain_epochs, params.pretrain_batch_size, params.lr, None)
+
+
+def adam(parameters: Any, lr: float, defence: PurifyingDefence) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, betas=(defence.params.adam_beta1, defence.params.adam_beta2))
 
 
-def org_loss(defence: AToP, purified: torch.Tensor, target: torch.Tensor, regenerated: torch.Tensor,
+def org_loss(defence: PurifyingDefence, purified: torch.Tensor, target: torch.Tensor, regenerated: torch.Tensor,
              ) -> tuple[torch.Tensor, dict[str, float]]:
     """The purifier's L_org (its generator side for the GAN) and its terms as numbers."""
     params = defence.params
@@ -68,69 +80,61 @@ def org_loss(defence: AToP, purified: torch.Tensor, target: torch.Tensor, regene
     return loss, {"g_adv": adversarial.item(), "l1": reconstruction.item()}
 
 
-def train_purifier(defence: AToP, train: Any, ctx: FitContext, phase: str) -> dict[str, Any]:
-    """Run one phase ("pretrain" or "finetune") on `train` (an ImageSplit); returns its summary."""
-    if phase not in PHASES:
-        raise ValueError(f"phase={phase!r} is not valid; valid: {', '.join(PHASES)}")
-    params, device = defence.params, ctx.device
-    finetuning = phase == "finetune"
-    epochs = params.finetune_epochs if finetuning else params.pretrain_epochs
-    batch_size = params.finetune_batch_size if finetuning else params.pretrain_batch_size
-    lr = params.finetune_lr if finetuning else params.lr
-    label = f"atop-{phase}"
-    purifier, discriminator, classifier = defence.purifier, defence.discriminator, defence.classifier
-    optimiser = adam(purifier.parameters(), lr, defence)
-    d_optimiser = adam(discriminator.parameters(), params.discriminator_lr, defence) if discriminator else None
-    fgsm = FGSM(eps=params.finetune_eps, norm=params.finetune_norm) if finetuning else None
+def trainable_state(defence: PurifyingDefence, lr: float) -> dict[str, Any]:
+    """The purifier and its optimiser, and for the GAN the discriminator and its optimiser (checkpoint names)."""
+    state: dict[str, Any] = {"purifier": defence.purifier,
+                             "optimiser": adam(defence.purifier.parameters(), lr, defence)}
+    if defence.discriminator is not None:
+        state |= {"discriminator": defence.discriminator,
+                  "d_optimiser": adam(defence.discriminator.parameters(), defence.params.discriminator_lr, defence)}
+    return state
 
+
+def train_purifier(defence: PurifyingDefence, train: Any, ctx: FitContext, phase: str) -> dict[str, Any]:
+    """Run one phase ("pretrain" or "finetune") on `train` (an ImageSplit); returns its summary."""
+    settings = Phase.of(defence.params, phase)
+    state = trainable_state(defence, settings.lr)
+    history, start_epoch = ctx.resume(settings.label, settings.epochs, **state)
+    progress = ctx.progress(settings.label, settings.epochs, every_s=15.0, unit="epochs", done=start_epoch)
     images, labels = train.float_images(), train.labels
-    steps = (len(labels) + batch_size - 1) // batch_size
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if (saved := ctx.load_checkpoint(label)) is not None:
-        purifier.load_state_dict(saved["purifier"])
-        optimiser.load_state_dict(saved["optimiser"])
-        if discriminator is not None:
-            discriminator.load_state_dict(saved["discriminator"])
-            d_optimiser.load_state_dict(saved["d_optimiser"])
-        history, start_epoch = list(saved["history"]), int(saved["epoch"]) + 1
-        ctx.log.info("%s: resuming after epoch %d of %d", label, start_epoch, epochs)
-    progress = Progress(label, epochs, ctx.log, every_s=15.0, unit="epochs")
-    progress.done = start_epoch
     started = time.monotonic()
-    with frozen(classifier):
-        for epoch in range(start_epoch, epochs):
-            generator = ctx.seed_epoch(epoch, label)
-            order = torch.randperm(len(labels), generator=generator)
-            purifier.train()
-            if discriminator is not None:
-                discriminator.train()
-            totals: dict[str, float] = {}
-            seen = 0
-            for step in range(steps):
-                index = order[step * batch_size:(step + 1) * batch_size]
-                x, y = images[index].to(device), labels[index].to(device)
-                terms = train_step(defence, x, y, fgsm, optimiser, d_optimiser)
-                for name, value in terms.items():
-                    totals[name] = totals.get(name, 0.0) + value * len(y)
-                seen += len(y)
-            record = {"epoch": epoch, **{name: value / seen for name, value in totals.items()}}
+    with frozen(defence.classifier):
+        for epoch in range(start_epoch, settings.epochs):
+            record = train_epoch(defence, images, labels, ctx, epoch, settings, state["optimiser"],
+                                 state.get("d_optimiser"))
             history.append(record)
-            state = {"epoch": epoch, "purifier": purifier.state_dict(), "optimiser": optimiser.state_dict(),
-                     "history": history}
-            if discriminator is not None:
-                state |= {"discriminator": discriminator.state_dict(), "d_optimiser": d_optimiser.state_dict()}
-            ctx.save_checkpoint(state, phase=label)
+            ctx.save_epoch(settings.label, epoch, history, **state)
             progress.update(**{k: v for k, v in record.items() if k != "epoch"})
-    purifier.eval()
-    if discriminator is not None:
-        discriminator.eval()
-    return {"epochs": epochs, "batch_size": batch_size, "lr": lr, "history": history,
+    defence.purifier.eval()
+    if defence.discriminator is not None:
+        defence.discriminator.eval()
+    return {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr, "history": history,
             "seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch}
 
 
-def train_step(defence: AToP, x: torch.Tensor, y: torch.Tensor, fgsm: FGSM | None, optimiser: torch.optim.Optimizer,
-               d_optimiser: torch.optim.Optimizer | None) -> dict[str, float]:
+def train_epoch(defence: PurifyingDefence, images: torch.Tensor, labels: torch.Tensor, ctx: FitContext, epoch: int,
+                settings: Phase, optimiser: torch.optim.Optimizer,
+                d_optimiser: torch.optim.Optimizer | None) -> dict[str, float]:
+    """One epoch over a fresh permutation (seeded from the phase and epoch); returns the mean loss terms."""
+    generator = ctx.seed_epoch(epoch, settings.label)
+    order = torch.randperm(len(labels), generator=generator)
+    defence.purifier.train()
+    if defence.discriminator is not None:
+        defence.discriminator.train()
+    totals: dict[str, float] = {}
+    seen = 0
+    for start in range(0, len(labels), settings.batch_size):
+        index = order[start:start + settings.batch_size]
+        x, y = images[index].to(ctx.device), labels[index].to(ctx.device)
+        terms = train_step(defence, x, y, settings.fgsm, optimiser, d_optimiser)
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value * len(y)
+        seen += len(y)
+    return {"epoch": epoch, **{name: value / seen for name, value in totals.items()}}
+
+
+def train_step(defence: PurifyingDefence, x: torch.Tensor, y: torch.Tensor, fgsm: FGSM | None,
+               optimiser: torch.optim.Optimizer, d_optimiser: torch.optim.Optimizer | None) -> dict[str, float]:
     """One discriminator step (GAN only) and one purifier step; returns the loss terms of the batch."""
     params = defence.params
     terms: dict[str, float] = {}
@@ -159,15 +163,3 @@ def train_step(defence: AToP, x: torch.Tensor, y: torch.Tensor, fgsm: FGSM | Non
     optimiser.step()
     terms["loss"] = loss.item()
     return terms
-
-
-@torch.no_grad()
-def purified_accuracy(defence: AToP, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                      batch_size: int = 256) -> float:
-    """Accuracy of f(g(t(x))) with one random transform per image (a quick fitting diagnostic)."""
-    defence.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        x = images[start:start + batch_size].to(device)
-        correct += (defence(x).argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
-    return correct / max(len(labels), 1)

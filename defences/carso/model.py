@@ -28,6 +28,7 @@ from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
 from defences.carso.representation import capture, default_layers
 from defences.carso.training import posterior_kl, train_purifier
+from defences.fitting import accuracy
 
 PURIFIER_PREFIX = "purifier."
 POSTERIOR_FILE = "posterior.safetensors"
@@ -145,17 +146,8 @@ class Carso(Defence):
 
     # --- fitting -------------------------------------------------------------------------------------------
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
-        frozen = [(p, p.requires_grad) for p in self.classifier.parameters()]
-        for parameter, _ in frozen:
-            parameter.requires_grad_(False)
-        self.classifier.eval()
-        try:
-            summary = train_purifier(self.purifier, self.classifier, self.layers, train, self.task, self.params,
-                                     ctx)
-            summary.update(self.training_check(train, ctx))
-        finally:
-            for parameter, flag in frozen:
-                parameter.requires_grad_(flag)
+        summary = train_purifier(self, train, ctx)
+        summary.update(self.training_check(train, ctx))
         self._posterior_trained = True
         self.eval()
         return {"layers": self.layers, "representation_shapes": [list(s) for s in self.representation_shapes],
@@ -172,14 +164,12 @@ class Carso(Defence):
         self.eval()
         index = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:n]
         x, y = train.float_images(index).to(ctx.device), train.labels[index].to(ctx.device)
-        classifier_correct = defence_correct = 0
-        for i in range(0, n, 128):
-            classifier_correct += (self.classifier(x[i:i + 128]).argmax(1) == y[i:i + 128]).sum().item()
-            defence_correct += (self(x[i:i + 128]).argmax(1) == y[i:i + 128]).sum().item()
-        ctx.log.info("carso check on %d training images: classifier %.3f, carso %.3f", n, classifier_correct / n,
-                     defence_correct / n)
-        return {"check_examples": n, "check_classifier_accuracy": classifier_correct / n,
-                "check_carso_accuracy": defence_correct / n}
+        classifier_accuracy = accuracy(self.classifier, x, y, ctx.device, batch_size=128)
+        carso_accuracy = accuracy(self, x, y, ctx.device, batch_size=128)
+        ctx.log.info("carso check on %d training images: classifier %.3f, carso %.3f", n, classifier_accuracy,
+                     carso_accuracy)
+        return {"check_examples": n, "check_classifier_accuracy": classifier_accuracy,
+                "check_carso_accuracy": carso_accuracy}
 
     # --- persistence ---------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

@@ -25,19 +25,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attacks.gradient import FGSM, PGD
-from bench.progress import Progress
 from defences.base import FitContext, Task
 from defences.carso.lookahead import Lookahead
 from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
 from defences.carso.representation import capture
+from defences.fitting import frozen
+
+if TYPE_CHECKING:
+    from attacks.progress import Progress
 
 # (attack, fraction of eps) in the order of §4.4; kind 0 is "clean"
 ATTACK_KINDS = (("fgsm", 0.5), ("pgd", 0.5), ("fgsm", 1.0), ("pgd", 1.0))
@@ -151,59 +154,69 @@ def make_optimiser(purifier: Purifier, params: CarsoParams) -> Lookahead:
     return Lookahead(inner, steps=params.lookahead_steps, alpha=params.lookahead_alpha)
 
 
-def train_purifier(purifier: Purifier, classifier: nn.Module, layers: list[str], train: Any, task: Task,
-                   params: CarsoParams, ctx: FitContext) -> dict[str, Any]:
-    """Fit `purifier` on `train` (an ImageSplit) against the frozen `classifier`; returns a JSON-able summary."""
-    device = ctx.device
-    optimiser = make_optimiser(purifier, params)
-    labels = train.labels
-    batches = batch_slices(len(labels), params.batch_size)
-    eps = training_budget(params, task)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if (saved := ctx.load_checkpoint(PHASE)) is not None:
-        purifier.load_state_dict(saved["purifier"])
-        optimiser.load_state_dict(saved["optimiser"])
-        history, start_epoch = list(saved["history"]), int(saved["epoch"]) + 1
-        ctx.log.info("carso: resuming after epoch %d of %d", start_epoch, params.epochs)
-    progress = Progress("carso purifier", (params.epochs - start_epoch) * len(batches), ctx.log, every_s=30.0,
-                        unit="batches")
+class RepresentationDefence(Protocol):
+    """What the loop needs of the CARSO defence it trains (defences/carso/model.py: Carso)."""
+
+    params: CarsoParams
+    task: Task
+    classifier: nn.Module
+    purifier: Purifier
+    layers: list[str]
+
+
+def train_purifier(defence: RepresentationDefence, train: Any, ctx: FitContext) -> dict[str, Any]:
+    """Fit the defence's purifier on `train` (an ImageSplit) against its frozen classifier; returns a summary."""
+    params = defence.params
+    optimiser = make_optimiser(defence.purifier, params)
+    batches = batch_slices(len(train.labels), params.batch_size)
+    eps = training_budget(params, defence.task)
+    history, start_epoch = ctx.resume(PHASE, params.epochs, purifier=defence.purifier, optimiser=optimiser)
+    progress = ctx.progress("carso purifier", (params.epochs - start_epoch) * len(batches), every_s=30.0,
+                            unit="batches")
     started = time.monotonic()
-    for epoch in range(start_epoch, params.epochs):
-        generator = ctx.seed_epoch(epoch, PHASE)
-        order = torch.randperm(len(labels), generator=generator)
-        lr, beta = learning_rate(params, epoch), kl_beta(params, epoch)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        totals = {"loss": 0.0, "bce": 0.0, "kl": 0.0}
-        attack_seconds, seen, epoch_started = 0.0, 0, time.monotonic()
-        adversarial = [0] * len(ATTACK_KINDS)
-        for rows in batches:
-            index = order[rows]
-            x, y = train.float_images(index).to(device), labels[index].to(device)
-            counts = balanced_counts(len(y), params.adversarial_fraction)
-            tick = time.monotonic()
-            inputs, _ = balanced_batch(classifier, x, y, counts, eps, params, task.norm)
-            attack_seconds += time.monotonic() - tick
-            # spread the perturbed rows over the micro-batches (BatchNorm sees mixed batches, as in §4.4)
-            mixed = torch.randperm(len(y), generator=generator).to(device)
-            optimiser.zero_grad(set_to_none=True)
-            losses = purifier_step(purifier, classifier, layers, inputs[mixed], x[mixed], beta, params.micro_batch)
-            optimiser.step()
-            for name, value in losses.items():
-                totals[name] += value * len(y)
-            adversarial = [a + c for a, c in zip(adversarial, counts, strict=True)]
-            seen += len(y)
-            progress.update(epoch=epoch, loss=losses["loss"])
-        record = {"epoch": epoch, "lr": lr, "kl_beta": beta, **{k: v / seen for k, v in totals.items()},
-                  "adversarial_per_kind": adversarial, "attack_seconds": attack_seconds,
-                  "seconds": time.monotonic() - epoch_started}
-        history.append(record)
-        ctx.save_checkpoint({"epoch": epoch, "purifier": purifier.state_dict(), "optimiser": optimiser.state_dict(),
-                             "history": history}, phase=PHASE)
-        ctx.log.info("carso epoch %d/%d: loss %.4g (bce %.4g, kl %.4g, beta %.3g), lr %.3g", epoch + 1,
-                     params.epochs, record["loss"], record["bce"], record["kl"], beta, lr)
+    with frozen(defence.classifier):
+        for epoch in range(start_epoch, params.epochs):
+            record = train_epoch(defence, train, ctx, epoch, optimiser, batches, eps, progress)
+            history.append(record)
+            ctx.save_epoch(PHASE, epoch, history, purifier=defence.purifier, optimiser=optimiser)
+            ctx.log.info("carso epoch %d/%d: loss %.4g (bce %.4g, kl %.4g, beta %.3g), lr %.3g", epoch + 1,
+                         params.epochs, record["loss"], record["bce"], record["kl"], record["kl_beta"], record["lr"])
     optimiser.use_slow_weights()  # also after a resume that found every epoch done (state loaded above)
-    purifier.eval()
+    defence.purifier.eval()
     return {"epochs": params.epochs, "history": history, "train_seconds": time.monotonic() - started,
             "resumed_from_epoch": start_epoch, "training_eps": eps, "steps_per_epoch": len(batches)}
+
+
+def train_epoch(defence: RepresentationDefence, train: Any, ctx: FitContext, epoch: int, optimiser: Lookahead,
+                batches: list[slice], eps: float, progress: Progress) -> dict[str, Any]:
+    """One epoch over a fresh permutation (seeded from the epoch) at its LR and KL weight; returns its record."""
+    params = defence.params
+    generator = ctx.seed_epoch(epoch, PHASE)
+    order = torch.randperm(len(train.labels), generator=generator)
+    lr, beta = learning_rate(params, epoch), kl_beta(params, epoch)
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    totals = {"loss": 0.0, "bce": 0.0, "kl": 0.0}
+    attack_seconds, seen, epoch_started = 0.0, 0, time.monotonic()
+    adversarial = [0] * len(ATTACK_KINDS)
+    for rows in batches:
+        index = order[rows]
+        x, y = train.float_images(index).to(ctx.device), train.labels[index].to(ctx.device)
+        counts = balanced_counts(len(y), params.adversarial_fraction)
+        tick = time.monotonic()
+        inputs, _ = balanced_batch(defence.classifier, x, y, counts, eps, params, defence.task.norm)
+        attack_seconds += time.monotonic() - tick
+        # spread the perturbed rows over the micro-batches (BatchNorm sees mixed batches, as in §4.4)
+        mixed = torch.randperm(len(y), generator=generator).to(ctx.device)
+        optimiser.zero_grad(set_to_none=True)
+        losses = purifier_step(defence.purifier, defence.classifier, defence.layers, inputs[mixed], x[mixed], beta,
+                               params.micro_batch)
+        optimiser.step()
+        for name, value in losses.items():
+            totals[name] += value * len(y)
+        adversarial = [a + c for a, c in zip(adversarial, counts, strict=True)]
+        seen += len(y)
+        progress.update(epoch=epoch, loss=losses["loss"])
+    return {"epoch": epoch, "lr": lr, "kl_beta": beta, **{k: v / seen for k, v in totals.items()},
+            "adversarial_per_kind": adversarial, "attack_seconds": attack_seconds,
+            "seconds": time.monotonic() - epoch_started}

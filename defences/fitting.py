@@ -1,0 +1,45 @@
+"""Helpers every defence's fit shares: the accuracy of a model on images, and a frozen classifier.
+
+One accuracy loop for the classifier training check (defences/training.py), AToP's purified accuracy and
+CARSO's training check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+             batch_size: int = 512) -> float:
+    """Fraction of `images` that `model` (put in eval mode) classifies as `labels`, `batch_size` at a time.
+
+    A stochastic model is run once per image, on consecutive batches in order, so its draws follow the RNG.
+    """
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        x = images[start:start + batch_size].to(device)
+        predicted = model(x).argmax(1).to(labels.device)
+        correct += (predicted == labels[start:start + batch_size]).sum().item()
+    return correct / max(len(labels), 1)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no weight gradients for `module` inside the block; both restored afterwards."""
+    flags = [p.requires_grad for p in module.parameters()]
+    was_training = module.training
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+        module.train(was_training)
