@@ -37,9 +37,9 @@ from torch import nn
 
 from attacks.eot import EOTPGD, eot_gradient
 from attacks.losses import check_loss
+from attacks.progress import Progress
 from attacks.protocol import evaluate_correctness, summarise_draws
-from bench.progress import Progress
-from bench.stats import wilson_interval
+from attacks.stats import wilson_interval
 
 LOG = logging.getLogger("attacks.diagnostics")
 FLAGS = (
@@ -254,8 +254,6 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     """Run every check on (x, y) at `eps`. `stochastic` defaults to the model's own `stochastic` attribute;
     `budget` sets the fields of `Budget` (steps, step_size, eot, draws, square_queries, eps_max, eps_points,
     tolerance, max_batch, seed, loss)."""
-    from attacks.autoattack import Square
-
     _check_inputs(eps, norm)
     settings = Budget(**budget)
     started = time.time()
@@ -265,73 +263,95 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     eps_max = settings.eps_max or (0.95 if norm == "Linf" else 0.95 * math.sqrt(x[0].numel()))
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
-    steps = settings.steps
-    grid = eps_grid(eps, eps_max, settings.eps_points)
-    step_counts = sorted({max(1, steps // 2), steps, 2 * steps})
-    eot_counts = sorted({max(1, eot // 2), eot, 2 * eot}) if stochastic else [eot]
-    planned = len(grid) + len(step_counts) + len(eot_counts) - 1
-    progress = Progress("diagnose", planned + 1, LOG, every_s=20.0, unit="runs")
-    runner = _Runner(model, x, y, norm, settings, eot, draws, eps, progress)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})
+    grid = eps_grid(eps, eps_max, settings.eps_points)
+    step_counts = sorted({max(1, settings.steps // 2), settings.steps, 2 * settings.steps})
+    eot_counts = sorted({max(1, eot // 2), eot, 2 * eot}) if stochastic else [eot]
+    progress = Progress("diagnose", len(grid) + len(step_counts) + len(eot_counts), LOG, every_s=20.0, unit="runs")
+    runner = _Runner(model, x, y, norm, settings, eot, draws, eps, progress)
 
     torch.manual_seed(settings.seed)
     report.flags["zero_or_nonfinite_gradients"] = gradient_flag(model, x, y, eot, settings.max_batch)
-    report.flags["loss_masking_ce_vs_margin"] = _loss_masking_flag(runner, eps, steps, eot, x.shape[0])
-
-    eps_acc = [runner.accuracy(e, steps, eot) for e in grid]
-    report.curves["eps"] = {"x": grid, "acc": eps_acc}
-    chance = 1.0 / num_classes
-    report.flags["not_below_chance_at_large_eps"] = Flag(
-        raised=eps_acc[-1] > chance,
-        evidence={"eps_max": grid[-1], "accuracy": eps_acc[-1], "chance": chance})
-
-    step_acc = [runner.accuracy(eps, s, eot) for s in step_counts]
-    report.curves["steps"] = {"x": [float(s) for s in step_counts], "acc": step_acc}
-    drop = runner.accuracy(eps, steps, eot) - runner.accuracy(eps, 2 * steps, eot)
-    report.flags["still_falling_with_steps"] = Flag(
-        raised=drop > settings.tolerance,
-        evidence={"steps": steps, "accuracy": runner.accuracy(eps, steps, eot), "doubled_steps": 2 * steps,
-                  "accuracy_doubled": runner.accuracy(eps, 2 * steps, eot), "drop": drop,
-                  "tolerance": settings.tolerance})
-
-    if stochastic:
-        eot_acc = [runner.accuracy(eps, steps, e) for e in eot_counts]
-        eot_drop = runner.accuracy(eps, steps, eot) - runner.accuracy(eps, steps, 2 * eot)
-        report.flags["still_falling_with_eot"] = Flag(
-            raised=eot_drop > settings.tolerance,
-            evidence={"eot": eot, "accuracy": runner.accuracy(eps, steps, eot), "doubled_eot": 2 * eot,
-                      "accuracy_doubled": runner.accuracy(eps, steps, 2 * eot), "drop": eot_drop,
-                      "tolerance": settings.tolerance})
-        report.curves["eot"] = {"x": [float(e) for e in eot_counts], "acc": eot_acc}
-    else:
-        report.flags["still_falling_with_eot"] = Flag(False, {"note": "deterministic model: EOT does not apply"})
-        report.curves["eot"] = {"x": [], "acc": []}
-
-    main = runner.run(eps, steps, eot)
-    torch.manual_seed(settings.seed)
-    square = Square(eps=eps, norm=norm, square_queries=settings.square_queries, selection_draws=draws,
-                    seed=settings.seed)
-    square_adv = square.perturb(model, x, y)
-    square_majority = summarise_draws(evaluate_correctness(model, square_adv, y, draws))["majority"]
-    progress.update(attack="square")
-    beaten = (main["majority"] > 0.5) & (square_majority < 0.5)
-    report.flags["black_box_beats_white_box"] = Flag(
-        raised=bool(beaten.any()),
-        evidence={"white_box_accuracy": main["majority"].mean().item(),
-                  "black_box_accuracy": square_majority.mean().item(), "square_queries": settings.square_queries,
-                  "points_only_black_box_breaks": int(beaten.sum()), "examples": _indices(beaten)})
-
-    found_on_the_way = (main["trace"] < 0.5).any(0)
-    silent = found_on_the_way & (main["majority"] > 0.5)
-    report.flags["silent_success"] = Flag(
-        raised=bool(silent.any()),
-        evidence={"points": int(silent.sum()), "n": x.shape[0], "final_accuracy": main["majority"].mean().item(),
-                  "accuracy_if_best_iterate_kept": (main["majority"] * ~found_on_the_way).mean().item(),
-                  "examples": _indices(silent)})
-
+    report.flags["loss_masking_ce_vs_margin"] = _loss_masking_flag(runner, eps, settings.steps, eot, x.shape[0])
+    _eps_check(runner, report, grid)
+    _steps_check(runner, report, step_counts)
+    _eot_check(runner, report, eot_counts)
+    main = runner.run(eps, settings.steps, eot)
+    report.flags["black_box_beats_white_box"] = _black_box_flag(runner, main)
+    report.flags["silent_success"] = _silent_success_flag(main)
     report.flags.update(_stability_flags(model, x, stochastic, passes=max(draws, 4)))
     report.flags = {name: report.flags[name] for name in FLAGS}
     report.seconds = time.time() - started
     return report
 
+
+def _eps_check(runner: _Runner, report: DiagnosticReport, grid: list[float]) -> None:
+    """The accuracy-vs-eps curve and `not_below_chance_at_large_eps` at its largest eps."""
+    eps_acc = [runner.accuracy(e, runner.budget.steps, runner.eot) for e in grid]
+    report.curves["eps"] = {"x": grid, "acc": eps_acc}
+    chance = 1.0 / report.num_classes
+    report.flags["not_below_chance_at_large_eps"] = Flag(
+        raised=eps_acc[-1] > chance,
+        evidence={"eps_max": grid[-1], "accuracy": eps_acc[-1], "chance": chance})
+
+
+def _steps_check(runner: _Runner, report: DiagnosticReport, step_counts: list[int]) -> None:
+    """The accuracy-vs-steps curve and `still_falling_with_steps` (the budget's steps against twice as many)."""
+    eps, steps, eot, tolerance = runner.main_eps, runner.budget.steps, runner.eot, runner.budget.tolerance
+    step_acc = [runner.accuracy(eps, s, eot) for s in step_counts]
+    report.curves["steps"] = {"x": [float(s) for s in step_counts], "acc": step_acc}
+    drop = runner.accuracy(eps, steps, eot) - runner.accuracy(eps, 2 * steps, eot)
+    report.flags["still_falling_with_steps"] = Flag(
+        raised=drop > tolerance,
+        evidence={"steps": steps, "accuracy": runner.accuracy(eps, steps, eot), "doubled_steps": 2 * steps,
+                  "accuracy_doubled": runner.accuracy(eps, 2 * steps, eot), "drop": drop, "tolerance": tolerance})
+
+
+def _eot_check(runner: _Runner, report: DiagnosticReport, eot_counts: list[int]) -> None:
+    """For stochastic models, the accuracy-vs-EOT curve and `still_falling_with_eot` (EOT samples doubled)."""
+    if not report.stochastic:
+        report.flags["still_falling_with_eot"] = Flag(False, {"note": "deterministic model: EOT does not apply"})
+        report.curves["eot"] = {"x": [], "acc": []}
+        return
+    eps, steps, eot, tolerance = runner.main_eps, runner.budget.steps, runner.eot, runner.budget.tolerance
+    eot_acc = [runner.accuracy(eps, steps, e) for e in eot_counts]
+    eot_drop = runner.accuracy(eps, steps, eot) - runner.accuracy(eps, steps, 2 * eot)
+    report.flags["still_falling_with_eot"] = Flag(
+        raised=eot_drop > tolerance,
+        evidence={"eot": eot, "accuracy": runner.accuracy(eps, steps, eot), "doubled_eot": 2 * eot,
+                  "accuracy_doubled": runner.accuracy(eps, steps, 2 * eot), "drop": eot_drop,
+                  "tolerance": tolerance})
+    report.curves["eot"] = {"x": [float(e) for e in eot_counts], "acc": eot_acc}
+
+
+def _black_box_flag(runner: _Runner, main: dict[str, torch.Tensor]) -> Flag:
+    """`black_box_beats_white_box`: Square (same eps, K-draw selection) breaks points the white-box run did not."""
+    from attacks.autoattack import Square
+
+    settings = runner.budget
+    torch.manual_seed(settings.seed)
+    square = Square(eps=runner.main_eps, norm=runner.norm, square_queries=settings.square_queries,
+                    selection_draws=runner.draws, seed=settings.seed)
+    square_adv = square.perturb(runner.model, runner.x, runner.y)
+    square_correct = evaluate_correctness(runner.model, square_adv, runner.y, runner.draws)
+    square_majority = summarise_draws(square_correct)["majority"]
+    runner.progress.update(attack="square")
+    beaten = (main["majority"] > 0.5) & (square_majority < 0.5)
+    return Flag(
+        raised=bool(beaten.any()),
+        evidence={"white_box_accuracy": main["majority"].mean().item(),
+                  "black_box_accuracy": square_majority.mean().item(), "square_queries": settings.square_queries,
+                  "points_only_black_box_breaks": int(beaten.sum()), "examples": _indices(beaten)})
+
+
+def _silent_success_flag(main: dict[str, torch.Tensor]) -> Flag:
+    """`silent_success`: an iterate of the white-box run was adversarial but its final point is not."""
+    found_on_the_way = (main["trace"] < 0.5).any(0)
+    silent = found_on_the_way & (main["majority"] > 0.5)
+    return Flag(
+        raised=bool(silent.any()),
+        evidence={"points": int(silent.sum()), "n": main["majority"].shape[0],
+                  "final_accuracy": main["majority"].mean().item(),
+                  "accuracy_if_best_iterate_kept": (main["majority"] * ~found_on_the_way).mean().item(),
+                  "examples": _indices(silent)})
