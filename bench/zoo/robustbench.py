@@ -79,7 +79,7 @@ def missing_checkpoint_message(path: Path, name: str, dataset: str, threat_model
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """RobustBench's checkpoint as a plain state dict: `state_dict` unwrapped, `module.`/`model.` stripped."""
-    from bench.zoo.loading import read_state_dict
+    from bench.zoo.weights import read_state_dict
 
     state = read_state_dict(path)  # weights-only; unwraps "state_dict", strips "module."
     for prefix in STRIPPED_PREFIXES:

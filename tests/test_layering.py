@@ -1,0 +1,144 @@
+"""The project's layers, checked from the source: `attacks` < `defences` < `bench`, and no import cycles.
+
+Every import counts: module-level ones, imports inside functions (lazy) and under `if TYPE_CHECKING:`. The
+rules (issue 14): `attacks` imports nothing from `bench` or `defences` and, outside the standard library, only
+torch, numpy and the reference attack packages; `defences` imports nothing from `bench`; the file-level
+import graph of the project's own modules has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("attacks", "defences", "bench")
+FORBIDDEN = {"attacks": {"bench", "defences"}, "defences": {"bench"}}
+ATTACKS_THIRD_PARTY = {"torch", "numpy", "pyautoattack", "autoattack", "torchattacks"}
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    """{dotted module name: file} for every module of the project's packages under `root`."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
+    """Every import in `module`'s source, anywhere in it, as (absolute module, names taken from it):
+    `import a.b` gives ("a.b", []), `from .c import d` inside package a gives ("a.c", ["d"])."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.append((base, [alias.name for alias in node.names]))
+    return found
+
+
+def import_graph(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(edges between the project's module files, the top-level names each module imports)."""
+    modules = project_modules(root)
+    edges: dict[str, set[str]] = {}
+    tops: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        edges[module], tops[module] = set(), set()
+        for base, names in imports(module, path):
+            tops[module].add(base.split(".")[0])
+            # `from a import b` imports the file a/b.py when there is one, else the attribute b of a
+            targets = [f"{base}.{name}" if f"{base}.{name}" in modules else base for name in names] or [base]
+            edges[module] |= {target for target in targets if target in modules and target != module}
+    return edges, tops
+
+
+def layer_violations(root: Path) -> list[str]:
+    _, tops = import_graph(root)
+    problems = []
+    for module, imported in sorted(tops.items()):
+        layer = module.split(".")[0]
+        problems += [f"{module} imports {bad}" for bad in sorted(imported & FORBIDDEN.get(layer, set()))]
+        if layer == "attacks":
+            foreign = {name for name in imported - set(PACKAGES) - ATTACKS_THIRD_PARTY - {"__future__"}
+                       if name not in sys.stdlib_module_names}
+            problems += [f"{module} imports {name} (attacks may use torch, numpy and {sorted(ATTACKS_THIRD_PARTY)})"
+                         for name in sorted(foreign)]
+    return problems
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph as [a, b, ..., a], or None (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for start in sorted(edges):
+        if state.get(start):
+            continue
+        path, stack = [start], [iter(sorted(edges[start]))]
+        state[start] = 1
+        while stack:
+            following = next(stack[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(following) == 1:
+                return path[path.index(following):] + [following]
+            elif not state.get(following):
+                state[following] = 1
+                path.append(following)
+                stack.append(iter(sorted(edges.get(following, ()))))
+    return None
+
+
+def test_layers_import_only_downwards():
+    problems = layer_violations(ROOT)
+    assert not problems, "layer violations:\n" + "\n".join(problems)
+
+
+def test_no_import_cycle_between_files():
+    edges, _ = import_graph(ROOT)
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_between_packages():
+    edges, _ = import_graph(ROOT)
+    packages = {p: set() for p in PACKAGES}
+    for module, targets in edges.items():
+        packages[module.split(".")[0]] |= {t.split(".")[0] for t in targets} - {module.split(".")[0]}
+    cycle = find_cycle(packages)
+    assert cycle is None, "package cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize(("edges", "expected"), [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+    ({"a": {"b", "c"}, "b": {"c"}, "c": set(), "d": {"d2"}, "d2": {"d"}}, ["d", "d2", "d"]),
+])
+def test_find_cycle_reports_the_cycle(edges, expected):
+    assert find_cycle(edges) == expected
+
+
+def test_the_check_sees_lazy_and_relative_imports(tmp_path):
+    """A violation inside a function, and a relative import that closes a cycle, are both found."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "defences").mkdir()
+    (tmp_path / "defences" / "__init__.py").write_text("")
+    (tmp_path / "attacks").mkdir()
+    (tmp_path / "attacks" / "__init__.py").write_text("")
+    (tmp_path / "attacks" / "one.py").write_text("def f():\n    from bench.records import read_json\n")
+    (tmp_path / "defences" / "a.py").write_text("from .b import x\n")
+    (tmp_path / "defences" / "b.py").write_text("from defences import a\nx = 1\n")
+    assert layer_violations(tmp_path) == ["attacks.one imports bench"]
+    assert find_cycle(import_graph(tmp_path)[0]) == ["defences.a", "defences.b", "defences.a"]
