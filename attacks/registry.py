@@ -80,8 +80,8 @@ class Registry:
         """`resolve(name)`, checked to be a subclass of the registry's base class (when it has one)."""
         cls = self.resolve(name)
         if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
-            raise TypeError(f"{name!r} resolves to {cls!r}, which is not a "
-                            f"{self.base.__module__}.{self.base.__qualname__} subclass")
+            raise TypeError(f"{self.kind} {name!r} resolves to {cls!r}, which is not a subclass of "
+                            f"{self.base.__module__}.{self.base.__qualname__}")
         return cls
 
 
