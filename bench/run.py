@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import layout, records
 from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
-from bench.executors import make_executor
+from bench.executors import Executor, make_executor
 from bench.grid import Plan, expand
 from bench.logs import configure_logging
 from bench.options import RunOptions
@@ -78,7 +78,7 @@ def work_to_do(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, st
     return [level for level in levels if level], [c.key for c in cells]
 
 
-def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]) -> str:
+def describe_plan(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]) -> str:
     lines = [f"grid {plan.grid}: {len(plan.stages)} training stages, {len(plan.cells)} evaluation cells"]
     for depth, level in enumerate(plan.stage_levels()):
         for stage in level:
@@ -119,7 +119,7 @@ def check_device(options: RunOptions) -> None:
 
 def prepare(config: RunConfig) -> Plan:
     """The plan of a composed run (its smoke version with smoke=true), its device checked."""
-    if config.options.get("smoke"):
+    if config.run_options.smoke:
         from bench import smoke
 
         smoke.apply(config)
@@ -134,14 +134,14 @@ def run(config: RunConfig) -> dict[str, Any]:
     if not options.dry_run:
         collect_slurm_jobs(plan, results_dir)
     stage_state, cell_state = plan_state(plan)
-    print(describe(plan, stage_state, cell_state), flush=True)
+    print(describe_plan(plan, stage_state, cell_state), flush=True)
     executor = make_executor(options.executor, config.executor_options, options)
     if options.dry_run:
         text = executor.describe(plan, *work_to_do(plan, stage_state, cell_state, options.retry_failed))
         if text:  # e.g. the SLURM arrays, tasks and resources it would submit
             print(text)
         return {"dry_run": True, "cells": len(plan.cells)}
-    summary = run_plan(plan, results_dir, executor, stage_state, cell_state)
+    summary = run_plan(plan, executor, (stage_state, cell_state))
     if options.report and options.wait:
         from bench.report import render
 
@@ -150,14 +150,14 @@ def run(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def run_plan(plan: Plan, results_dir: Path, executor: Any = None, stage_state: dict[str, str] | None = None,
-             cell_state: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write the plan and run its pending work with `executor` (the plan's own by default); a summary."""
+def run_plan(plan: Plan, executor: Executor | None = None,
+             states: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, Any]:
+    """Write the plan and run its pending work with `executor` (by default the plan's own, with the options of
+    its conf file); `states` is plan_state's answer when the caller has it. Returns a summary."""
     if executor is None:
         executor = make_executor(plan.options.executor, {}, plan.options)
-    if stage_state is None or cell_state is None:
-        stage_state, cell_state = plan_state(plan)
-    plan_path = write_plan(plan, results_dir)
+    stage_state, cell_state = states or plan_state(plan)
+    plan_path = write_plan(plan, layout.grid_dir(plan.options.results_dir, plan.grid))
     stage_levels, cells = work_to_do(plan, stage_state, cell_state, plan.options.retry_failed)
     if not cells:
         LOG.info("every cell of grid %s is already done; nothing to run", plan.grid)

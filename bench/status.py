@@ -136,10 +136,10 @@ def load_status_plan(argv: list[str]) -> tuple[Plan, Path, bool]:
     if plan_path.exists() and only_paths:
         plan = read_plan(plan_path)
         if any(a.startswith("artifacts_dir=") for a in rest):
-            _rebase(plan, config.options["artifacts_dir"])
+            _rebase(plan, config.run_options.artifacts_dir)
     else:
         plan = expand(config)
-    plan.options = plan.options.replace(results_dir=config.options["results_dir"])
+    plan.options = plan.options.replace(results_dir=config.run_options.results_dir)
     if plan.grid != config.grid_name:
         raise ConfigError(f"{plan_path} holds grid {plan.grid!r}, not {config.grid_name!r}")
     return plan, plan_path, show_logs
