@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from bench import layout
+from bench.config import ConfigError
 from bench.grid import Plan, content_key
 from bench.records import write_json_atomic
 
@@ -26,4 +27,9 @@ def write_plan(plan: Plan, results_dir: Path) -> Path:
 
 
 def read_plan(plan_path: str | Path) -> Plan:
-    return Plan.from_json(json.loads(Path(plan_path).read_text()))
+    """The plan in a plan file (this format or the previous one); anything else is a ConfigError saying so."""
+    try:
+        return Plan.from_json(json.loads(Path(plan_path).read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{plan_path} is not a plan this version of bench can read ({type(error).__name__}: "
+                          f"{error}); run `python -m bench.run` for the grid again to rewrite it") from error

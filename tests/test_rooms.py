@@ -104,3 +104,10 @@ def test_failed_records_of_both_builders_validate(plan: Plan) -> None:
     assert crashed["eval_settings"] == cell.eval.to_dict() and crashed["settings_key"] == cell.settings_key
     done = records.done_record(records.cell_fields(cell), {"clean_acc": 1.0})
     assert records.validate_record(done)[0].startswith("missing")  # a result needs its result fields
+
+
+def test_an_unreadable_plan_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"format": 2, "grid": "g", "options": {}, "stages": {}}))
+    with pytest.raises(ConfigError, match="plan.json is not a plan this version of bench can read.*'scenarios'"):
+        read_plan(path)
