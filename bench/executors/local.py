@@ -22,7 +22,7 @@ import submitit
 from bench import layout
 from bench.executors.base import Executor
 from bench.jobs import PARENT_ENV, CellJob, StageJob
-from bench.options import LocalOptions
+from bench.options import LocalOptions, RunOptions
 
 LOG = logging.getLogger("bench.executors")
 
@@ -41,7 +41,7 @@ class LocalExecutor(Executor):
     options: LocalOptions
 
     def __init__(self, options: LocalOptions | dict[str, Any] | None = None,
-                 run_options: Any = None):
+                 run_options: RunOptions | dict[str, Any] | None = None):
         super().__init__(options, run_options)
         self.folder = layout.local_jobs_dir(self.options.jobs_dir)
         self.executor: Any = None  # submitit's, made when work starts (a dry run creates no job folder)

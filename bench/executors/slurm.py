@@ -34,7 +34,7 @@ from bench.executors.slurm_queue import query_job_states, state_word
 from bench.grid import Plan
 from bench.jobbook import JobBook, collect_finished_jobs
 from bench.jobs import CellJob, StageJob
-from bench.options import SlurmOptions
+from bench.options import RunOptions, SlurmOptions
 from bench.planfile import read_plan
 from bench.progress import Progress
 from bench.registry import closest_hint
@@ -207,7 +207,8 @@ class SlurmExecutor(Executor):
     Options = SlurmOptions
     options: SlurmOptions
 
-    def __init__(self, options: SlurmOptions | dict[str, Any] | None = None, run_options: Any = None):
+    def __init__(self, options: SlurmOptions | dict[str, Any] | None = None,
+                 run_options: RunOptions | dict[str, Any] | None = None):
         super().__init__(options, run_options)
         self.profile = ClusterProfile.load(self.options.profile)
         self.jobs_dir = layout.slurm_jobs_dir(self.options.jobs_dir)
