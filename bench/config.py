@@ -37,6 +37,7 @@ KINDS = ("grid", "scenario", "executor")
 RUN_DEFAULTS: dict[str, Any] = RunOptions().to_dict()  # the defaults live in bench.options.RunOptions
 GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
 BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}
+GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")  # an include's value unless the grid's
 
 
 class ConfigError(ValueError):
@@ -114,9 +115,6 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
             merged[key] = grid[key]
     _check_merged_grid(name, merged)
     return merged
-
-
-GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")
 
 
 def _merge_include(name: str, merged: dict[str, Any], part: dict[str, Any]) -> None:
