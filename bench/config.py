@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from attacks.registry import closest_hint
+from bench.options import DECISIONS, EVAL_DEFAULTS, EvalOptions, ExecutorOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import (
     SettingError,
@@ -33,33 +34,10 @@ from bench.validation import (
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 KINDS = ("grid", "scenario", "executor")
 
-RUN_DEFAULTS: dict[str, Any] = {
-    "grid": "demo",
-    "executor": "debug",
-    "dry_run": False,
-    "wait": True,
-    "results_dir": "results",
-    "artifacts_dir": "artifacts",
-    "data_dir": None,
-    "model_dir": "models",
-    "device": "auto",
-    "log_level": "INFO",
-    "threads": None,
-    "n_examples": None,
-    "seeds": None,
-    "retry_failed": True,
-    "report": True,
-    "smoke": False,  # minimal budgets, synthetic data when absent, separate folders (bench/smoke.py)
-}
+RUN_DEFAULTS: dict[str, Any] = RunOptions().to_dict()  # the defaults live in bench.options.RunOptions
 GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
 BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}
-EVAL_DEFAULTS: dict[str, Any] = {
-    "batch_size": 100,       # examples per attack batch (and per saved partial result)
-    "draws": 1,              # forward passes per example for deterministic defences
-    "stochastic_draws": 8,   # forward passes per example for stochastic defences (K)
-    "decision": "single",    # headline accuracy for stochastic defences: single | majority | worst
-}
-DECISIONS = ("single", "majority", "worst")
+GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")  # an include's value unless the grid's
 
 
 class ConfigError(ValueError):
@@ -125,25 +103,35 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     _check_grid_shape(name, grid)
     merged: dict[str, Any] = {"defences": {}, "attacks": {}, "blocks": []}
     for included in grid.get("include", []):
-        part = load_grid(included, _seen + (name,))
-        for kind in ("defences", "attacks"):
-            for key, spec in part[kind].items():
-                if key in merged[kind] and merged[kind][key] != spec:
-                    raise ConfigError(f"grid {name}: {kind} entry {key!r} is defined differently by two includes")
-                merged[kind][key] = spec
-        merged["blocks"].extend(part["blocks"])
-        for key in ("n_examples", "seeds", "eval", "description", "report"):
-            if key in part and key not in merged:
-                merged[key] = part[key]
+        _merge_include(name, merged, load_grid(included, _seen + (name,)))
     for kind in ("defences", "attacks"):
         for key, spec in (grid.get(kind) or {}).items():
             if not isinstance(spec, dict) or "name" not in spec:
                 raise ConfigError(f"grid {name}: {kind}.{key} must be a mapping with a 'name'")
             merged[kind][key] = spec
     merged["blocks"].extend(grid.get("blocks") or [])
-    for key in ("n_examples", "seeds", "eval", "description", "report"):
+    for key in GRID_SCALARS:
         if key in grid:
             merged[key] = grid[key]
+    _check_merged_grid(name, merged)
+    return merged
+
+
+def _merge_include(name: str, merged: dict[str, Any], part: dict[str, Any]) -> None:
+    """Merge an included grid into `merged`: entries must agree, blocks add up, the first scalar wins."""
+    for kind in ("defences", "attacks"):
+        for key, spec in part[kind].items():
+            if key in merged[kind] and merged[kind][key] != spec:
+                raise ConfigError(f"grid {name}: {kind} entry {key!r} is defined differently by two includes")
+            merged[kind][key] = spec
+    merged["blocks"].extend(part["blocks"])
+    for key in GRID_SCALARS:
+        if key in part and key not in merged:
+            merged[key] = part[key]
+
+
+def _check_merged_grid(name: str, merged: dict[str, Any]) -> None:
+    """The report section, and every block's keys and the names it uses."""
     if merged.get("report"):
         from bench.reporting.layouts import validate_report_config
 
@@ -165,7 +153,6 @@ def load_grid(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
             if scenario not in available("scenario"):
                 raise ConfigError(f"grid {name}: unknown scenario {scenario!r}. "
                                   f"{closest_hint(scenario, available('scenario'))}")
-    return merged
 
 
 def _check_grid_shape(name: str, grid: dict[str, Any]) -> None:
@@ -210,9 +197,9 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
 class RunConfig:
     """A composed run: options, the merged grid, scenario overrides and the executor's options."""
 
-    options: dict[str, Any]
+    options: dict[str, Any]          # run options as composed (RunOptions keys; `run_options` types them)
     grid: dict[str, Any]
-    executor_options: dict[str, Any]
+    executor_conf: dict[str, Any]    # the executor's conf file with overrides (`executor_options` types it)
     scenario_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
 
@@ -226,11 +213,32 @@ class RunConfig:
     def eval_settings(self) -> dict[str, Any]:
         return {**EVAL_DEFAULTS, **(self.grid.get("eval") or {})}
 
+    @property
+    def run_options(self) -> RunOptions:
+        return _typed(RunOptions.from_dict, self.options)
+
+    @property
+    def eval_options(self) -> EvalOptions:
+        return _typed(EvalOptions.from_dict, self.eval_settings)
+
+    @property
+    def executor_options(self) -> ExecutorOptions:
+        from bench.executors import REGISTRY as EXECUTORS
+
+        return _typed(EXECUTORS.resolve(self.options["executor"]).Options.from_dict, self.executor_conf)
+
     def scenario(self, name: str) -> Scenario:
         return load_scenario(name, self.scenario_overrides.get(name))
 
     def results_dir(self) -> Path:
         return Path(self.options["results_dir"]) / self.grid_name
+
+
+def _typed(build: Any, given: dict[str, Any]) -> Any:
+    try:
+        return build(given)
+    except SettingError as error:
+        raise ConfigError(str(error)) from error
 
 
 def compose(argv: list[str]) -> RunConfig:
@@ -242,19 +250,20 @@ def compose(argv: list[str]) -> RunConfig:
             if key in ("grid", "executor"):
                 options[key] = check_run_option(key, value if isinstance(value, str) else str(value))
         grid = load_grid(options["grid"])
-        executor_options = load_conf("executor", options["executor"])
-        config = RunConfig(options=options, grid=grid, executor_options=executor_options, argv=list(argv))
+        executor_conf = load_conf("executor", options["executor"])
+        config = RunConfig(options=options, grid=grid, executor_conf=executor_conf, argv=list(argv))
         grid.setdefault("eval", {})
         for key, value in pairs:
             _apply_override(config, key, value)
         _check_grid_values(config)
+        config.run_options, config.executor_options  # noqa: B018  typed once here: a bad value is refused now
     except SettingError as error:
         raise ConfigError(str(error)) from error
     return config
 
 
 def _apply_override(config: RunConfig, key: str, value: Any) -> None:
-    options, grid, executor_options = config.options, config.grid, config.executor_options
+    options, grid, executor_options = config.options, config.grid, config.executor_conf
     head, _, rest = key.partition(".")
     if key in ("grid", "executor"):
         return

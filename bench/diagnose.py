@@ -24,9 +24,10 @@ import attacks
 from attacks.diagnostics import Budget
 from attacks.losses import LOSSES
 from attacks.seeding import seed_everything
+from bench import layout
 from bench.config import ConfigError, compose, parse_overrides
 from bench.grid import EvalCell, Plan, expand
-from bench.jobs import configure_logging
+from bench.logs import configure_logging
 from bench.runtime import git_commit, package_versions, resolve_device
 from defences.atomic import write_json_atomic
 
@@ -74,12 +75,12 @@ def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, A
 
 
 def output_path(results_dir: Path, cell: EvalCell) -> Path:
-    return results_dir / "diagnostics" / f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
+    return layout.diagnostics_dir(results_dir) / \
+        f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
 
 
-def run(argv: list[str]) -> Path:
-    from bench.stages import DONE_FILE, evaluation_subset, load_fitted_defence, run_training_stage, stage_scenario
-
+def split_arguments(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(this tool's own settings, budget settings, bench.run settings) from `key=value` arguments."""
     own: dict[str, Any] = {}
     budget: dict[str, Any] = {}
     rest: list[str] = []
@@ -94,43 +95,58 @@ def run(argv: list[str]) -> Path:
         raise ConfigError("name the cell: cell=<key> or cell=<scenario>/<defence>/<attack>")
     if "loss" in budget and budget["loss"] not in LOSSES:
         raise ConfigError(f"loss={budget['loss']!r} is not valid; valid: {', '.join(LOSSES)}")
-    config = compose(rest)
-    options = dict(config.options)
-    options["scenario_overrides"] = config.scenario_overrides
-    plan = expand(config)
-    cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
-    stage = plan.stages[cell.stage]
-    missing = [key for key in plan.stage_chain(cell.stage)
-               if not (Path(plan.stages[key].artifact_dir) / DONE_FILE).exists()]
-    if missing and not own.get("train_missing"):
-        raise ConfigError(f"the training stage of {cell.label} ({stage.artifact_dir}) is not fitted yet: run "
-                          f"`python -m bench.run grid={plan.grid}` first, or add train_missing=true")
+    return own, budget, rest
+
+
+def ensure_fitted(plan: Plan, cell: EvalCell, train_missing: bool) -> None:
+    """Fit the cell's missing training stages when asked to; otherwise a missing one is an error."""
+    from bench.training_stage import run_training_stage
+
+    missing = [key for key in plan.stage_chain(cell.stage_key)
+               if not layout.stage_is_done(plan.stages[key].artifact_dir)]
+    if missing and not train_missing:
+        raise ConfigError(f"the training stage of {cell.label} ({plan.stages[cell.stage_key].artifact_dir}) is not "
+                          f"fitted yet: run `python -m bench.run grid={plan.grid}` first, or add train_missing=true")
     for key in reversed(missing):
         LOG.info("fitting missing training stage %s", plan.stages[key].label)
-        run_training_stage(plan.stages, key, options)
+        run_training_stage(plan, key)
 
-    device = resolve_device(options.get("device", "auto"))
-    defence = load_fitted_defence(plan.stages, cell.stage, options, device)
-    scenario = stage_scenario(stage, options)
-    n = int(own.get("n", 100))
-    _, images, labels = evaluation_subset(scenario, n, options.get("data_dir"))
-    attack = attacks.build(cell.attack_name, **{k: v for k, v in cell.attack_params.items() if k != "name"})
+
+def diagnose_cell(plan: Plan, cell: EvalCell, n: int, budget: dict[str, Any]) -> dict[str, Any]:
+    """Run attacks.diagnose on the cell's fitted defence and first n test examples; the JSON document."""
+    from bench.evaluate import build_attack, evaluation_subset
+    from bench.training_stage import load_fitted_defence
+
+    device = resolve_device(plan.options.device)
+    defence = load_fitted_defence(plan, cell.stage_key, device)
+    _, images, labels = evaluation_subset(plan.scenario(cell.scenario), n, plan.options.data_dir)
+    attack = build_attack(cell)
     surface = attack.surface(defence)
     stochastic = bool(getattr(surface, "stochastic", False))
-    draws = int(cell.eval["stochastic_draws"] if stochastic else cell.eval["draws"])
-    settings = cell_budget(cell, stochastic, draws, budget, loss=getattr(attack, "loss", "ce"))
+    settings = cell_budget(cell, stochastic, cell.eval.draws_for(stochastic), budget,
+                           loss=getattr(attack, "loss", "ce"))
     LOG.info("diagnosing %s on n=%d with %s", cell.label, len(labels), settings)
     seed_everything(cell.seed)
     report = attacks.diagnose(surface, images.to(device), labels.to(device), attack.eps, attack.norm,
                               stochastic=stochastic, **settings)
     print(report.summary(), flush=True)
-    document = {"scenario": cell.scenario, "defence": cell.defence_key, "attack": cell.attack_key, "seed": cell.seed,
-                **report.to_json(), "grid": plan.grid, "cell": cell.key, "defence_name": cell.defence_name,
-                "attack_name": cell.attack_name, "target": attack.target, "created_at": time.time(),
-                "git_commit": git_commit(), "packages": package_versions()}
+    LOG.info("raised: %s", ", ".join(report.raised) or "none")
+    return {"scenario": cell.scenario, "defence": cell.defence_key, "attack": cell.attack_key, "seed": cell.seed,
+            **report.to_json(), "grid": plan.grid, "cell": cell.key, "defence_name": cell.defence_name,
+            "attack_name": cell.attack_name, "target": attack.target, "created_at": time.time(),
+            "git_commit": git_commit(), "packages": package_versions()}
+
+
+def run(argv: list[str]) -> Path:
+    own, budget, rest = split_arguments(argv)
+    config = compose(rest)
+    plan = expand(config)
+    cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
+    ensure_fitted(plan, cell, bool(own.get("train_missing")))
+    document = diagnose_cell(plan, cell, int(own.get("n", 100)), budget)
     path = output_path(config.results_dir(), cell)
     write_json_atomic(path, document)
-    LOG.info("wrote %s (raised: %s)", path, ", ".join(report.raised) or "none")
+    LOG.info("wrote %s", path)
     return path
 
 

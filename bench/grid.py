@@ -16,15 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import attacks
 import defences
 from attacks.base import NORMS
 from attacks.registry import UnknownNameError
+from bench import layout
 from bench.config import ConfigError, RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
+from bench.options import EvalOptions, RunOptions
+from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import check_dataclass_values
 
 
@@ -35,6 +37,8 @@ def content_key(payload: Any, length: int = 16) -> str:
 
 @dataclass
 class TrainStage:
+    """One defence fitted on one scenario with one seed (a training stage): its artifact lives in artifact_dir."""
+
     key: str
     scenario: str
     defence_key: str
@@ -54,20 +58,22 @@ class TrainStage:
 
 @dataclass
 class EvalCell:
+    """One attack on one fitted defence (the training stage `stage_key`) with one seed and test subset."""
+
     key: str
     grid: str
     block: str
     scenario: str
     defence_key: str
     defence_name: str
-    stage: str
+    stage_key: str
     attack_key: str
     attack_name: str
     attack_params: dict[str, Any]
     attack_budget: str
     seed: int
     n_examples: int
-    eval: dict[str, Any]
+    eval: EvalOptions
     record_name: str
     settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
     fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
@@ -77,12 +83,25 @@ class EvalCell:
         return f"{self.scenario}/{self.defence_key}/{self.attack_key}/seed{self.seed}"
 
 
+PLAN_FORMAT = 2  # 2: typed options, resolved scenarios, cells' `stage_key` (1: `stage`, scenario overrides)
+
+
 @dataclass
 class Plan:
+    """Everything a run does: its options, the resolved scenarios, the training stages and the cells."""
+
     grid: str
-    options: dict[str, Any]
+    options: RunOptions
     stages: dict[str, TrainStage]
     cells: list[EvalCell]
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> resolved fields
+
+    def scenario(self, name: str) -> Scenario:
+        """A scenario as it was resolved when the grid was planned (overrides applied)."""
+        return scenario_from_dict(name, self.scenarios[name])
+
+    def cell(self, key: str) -> EvalCell:
+        return next(c for c in self.cells if c.key == key)
 
     def stage_chain(self, key: str | None) -> list[str]:
         """A stage's key followed by the keys of the stages it builds on, nearest first."""
@@ -111,9 +130,36 @@ class Plan:
         return levels
 
     def to_json(self) -> dict[str, Any]:
-        return {"grid": self.grid, "options": self.options,
-                "stages": {k: asdict(s) for k, s in self.stages.items()},
+        return {"format": PLAN_FORMAT, "grid": self.grid, "options": self.options.to_dict(),
+                "scenarios": self.scenarios, "stages": {k: asdict(s) for k, s in self.stages.items()},
                 "cells": [asdict(c) for c in self.cells]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        """A plan from plan.json; one of format 1 (before typed options) is read too."""
+        if raw.get("format", 1) == 1:
+            raw = _upgrade_format_1(raw)
+        return cls(grid=raw["grid"], options=RunOptions.from_dict(raw["options"]), scenarios=raw["scenarios"],
+                   stages={k: TrainStage(**v) for k, v in raw["stages"].items()},
+                   cells=[EvalCell(**{**c, "eval": EvalOptions.from_dict(c["eval"])}) for c in raw["cells"]])
+
+
+def _upgrade_format_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 plan in format 2: cells' `stage` -> `stage_key`, scenarios resolved from their conf files
+    with the stored overrides, options without `scenario_overrides`."""
+    from bench.config import load_scenario
+
+    options = dict(raw["options"])
+    overrides = options.pop("scenario_overrides", None) or {}
+    names = {stage["scenario"] for stage in raw["stages"].values()}
+    scenarios = {name: scenario_fields(load_scenario(name, overrides.get(name))) for name in sorted(names)}
+    cells = [{("stage_key" if k == "stage" else k): v for k, v in cell.items()} for cell in raw["cells"]]
+    return {**raw, "options": options, "scenarios": scenarios, "cells": cells}
+
+
+def scenario_fields(scenario: Scenario) -> dict[str, Any]:
+    """A resolved scenario as plan.json stores it (scenario_from_dict reads it back)."""
+    return {k: v for k, v in asdict(scenario).items() if k != "name"}
 
 
 def _resolve_defence(spec: dict[str, Any], scenario_defaults: dict[str, Any], where: str) -> tuple[str, dict]:
@@ -156,68 +202,89 @@ def _located(where: str, error: Exception) -> str:
     return message if message.startswith(where) else f"{where}: {message}"
 
 
-def expand(config: RunConfig) -> Plan:
-    grid, options = config.grid, config.options
-    artifacts = Path(options["artifacts_dir"])
-    stages: dict[str, TrainStage] = {}
-    cells: dict[str, EvalCell] = {}
-    eval_settings = config.eval_settings
+class _Planner:
+    """Expands one composed grid: stages are shared between cells (one per scenario, defence entry and seed)."""
 
-    def stage_for(scenario_name: str, defence_key: str, seed: int, chain: tuple[str, ...] = ()) -> TrainStage:
+    def __init__(self, config: RunConfig):
+        self.config, self.grid = config, config.grid
+        self.options = config.run_options
+        self.eval_options = config.eval_options
+        self.scenarios: dict[str, Scenario] = {}
+        self.stages: dict[str, TrainStage] = {}
+        self.cells: dict[str, EvalCell] = {}
+
+    def scenario(self, name: str) -> Scenario:
+        if name not in self.scenarios:
+            self.scenarios[name] = self.config.scenario(name)
+        return self.scenarios[name]
+
+    def stage_for(self, scenario_name: str, defence_key: str, seed: int, chain: tuple[str, ...] = ()) -> TrainStage:
         if defence_key in chain:
             raise ConfigError(f"defence base cycle: {' -> '.join(chain + (defence_key,))}")
-        spec = grid["defences"][defence_key]
-        scenario = config.scenario(scenario_name)
+        spec = self.grid["defences"][defence_key]
+        scenario = self.scenario(scenario_name)
         name, params = _resolve_defence(spec, scenario.defence_defaults, f"defences.{defence_key}")
         base = None
         if spec.get("base"):
-            if spec["base"] not in grid["defences"]:
+            if spec["base"] not in self.grid["defences"]:
                 raise ConfigError(f"defences.{defence_key}.base={spec['base']!r} is not a defence of this grid")
-            base = stage_for(scenario_name, spec["base"], seed, chain + (defence_key,))
+            base = self.stage_for(scenario_name, spec["base"], seed, chain + (defence_key,))
         cls = defences.REGISTRY.get_class(name)
         identity = {"scenario": scenario.identity(), "defence": name, "params": params, "seed": seed,
                     "code_version": cls.code_version, "base": base.settings_key if base else None}
         fingerprint = {"stage_code": {**(base.fingerprint["stage_code"] if base else {}), **stage_code(cls)},
                        "stage_inputs": {**(base.fingerprint["stage_inputs"] if base else {}),
-                                        **stage_inputs(scenario, options)}}
+                                        **stage_inputs(scenario, self.config.options)}}
         key = content_key({**identity, "base": base.key if base else None, **fingerprint})
-        if key not in stages:
-            stages[key] = TrainStage(key=key, scenario=scenario_name, defence_key=defence_key, defence_name=name,
-                                     params=params, seed=seed, base_stage=base.key if base else None,
-                                     artifact_dir=str(artifacts / scenario_name / f"{defence_key}-s{seed}-{key}"),
-                                     identity=identity, settings_key=content_key(identity),
-                                     fingerprint=fingerprint)
-        return stages[key]
+        if key not in self.stages:
+            folder = layout.stage_artifact_dir(self.options.artifacts_dir, scenario_name, defence_key, seed, key)
+            self.stages[key] = TrainStage(key=key, scenario=scenario_name, defence_key=defence_key, defence_name=name,
+                                          params=params, seed=seed, base_stage=base.key if base else None,
+                                          artifact_dir=str(folder), identity=identity,
+                                          settings_key=content_key(identity), fingerprint=fingerprint)
+        return self.stages[key]
 
-    for index, block in enumerate(grid["blocks"]):
+    def add_cell(self, block_name: str, stage: TrainStage, attack_key: str, n_examples: int) -> None:
+        scenario = self.scenario(stage.scenario)
+        attack_name, attack = _resolve_attack(self.grid["attacks"][attack_key], scenario.norm, scenario.eps,
+                                              f"attacks.{attack_key}")
+        identity = {"stage": stage.settings_key, "attack": attack.settings(),
+                    "attack_code_version": type(attack).code_version, "eval": self.eval_options.to_dict(),
+                    "n_examples": n_examples, "seed": stage.seed, "test_subset_seed": scenario.test_subset_seed}
+        fingerprint = {"code": cell_code(type(attack)), **stage.fingerprint}
+        key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"]})
+        if key in self.cells:
+            return
+        self.cells[key] = EvalCell(
+            key=key, grid=self.config.grid_name, block=block_name, scenario=stage.scenario,
+            defence_key=stage.defence_key, defence_name=stage.defence_name, stage_key=stage.key,
+            attack_key=attack_key, attack_name=attack_name, attack_params=attack.settings(),
+            attack_budget=attack.budget(), seed=stage.seed, n_examples=n_examples, eval=self.eval_options,
+            record_name=f"{stage.scenario}.{stage.defence_key}.{attack_key}.s{stage.seed}.{key}.json",
+            settings_key=content_key(identity), fingerprint=fingerprint)
+
+    def add_block(self, index: int, block: dict[str, Any]) -> None:
         block_name = block.get("name", f"block{index}")
-        n_examples = int(block.get("n_examples", grid.get("n_examples", 1000)))
-        seeds = block.get("seeds", grid.get("seeds", [0]))
+        n_examples = int(block.get("n_examples", self.grid.get("n_examples", 1000)))
         for scenario_name in block.get("scenarios", []):
-            scenario = config.scenario(scenario_name)
-            for seed in seeds:
+            self.scenario(scenario_name)
+            for seed in block.get("seeds", self.grid.get("seeds", [0])):
                 for defence_key in block.get("defences", []):
-                    stage = stage_for(scenario_name, defence_key, int(seed))
+                    stage = self.stage_for(scenario_name, defence_key, int(seed))
                     for attack_key in block.get("attacks", []):
-                        attack_name, attack = _resolve_attack(grid["attacks"][attack_key], scenario.norm,
-                                                              scenario.eps, f"attacks.{attack_key}")
-                        identity = {"stage": stage.settings_key, "attack": attack.settings(),
-                                    "attack_code_version": type(attack).code_version, "eval": eval_settings,
-                                    "n_examples": n_examples, "seed": int(seed),
-                                    "test_subset_seed": scenario.test_subset_seed}
-                        fingerprint = {"code": cell_code(type(attack)), **stage.fingerprint}
-                        key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"]})
-                        if key in cells:
-                            continue
-                        cells[key] = EvalCell(
-                            key=key, grid=config.grid_name, block=block_name, scenario=scenario_name,
-                            defence_key=defence_key, defence_name=stage.defence_name, stage=stage.key,
-                            attack_key=attack_key, attack_name=attack_name, attack_params=attack.settings(),
-                            attack_budget=attack.budget(), seed=int(seed), n_examples=n_examples,
-                            eval=dict(eval_settings),
-                            record_name=f"{scenario_name}.{defence_key}.{attack_key}.s{seed}.{key}.json",
-                            settings_key=content_key(identity), fingerprint=fingerprint)
-    if not cells:
-        raise ConfigError(f"grid {config.grid_name} expands to no cells: every block needs scenarios, defences "
-                          "and attacks")
-    return Plan(grid=config.grid_name, options=dict(options), stages=stages, cells=list(cells.values()))
+                        self.add_cell(block_name, stage, attack_key, n_examples)
+
+    def plan(self) -> Plan:
+        for index, block in enumerate(self.grid["blocks"]):
+            self.add_block(index, block)
+        if not self.cells:
+            raise ConfigError(f"grid {self.config.grid_name} expands to no cells: every block needs scenarios, "
+                              "defences and attacks")
+        return Plan(grid=self.config.grid_name, options=self.options, stages=self.stages,
+                    cells=list(self.cells.values()),
+                    scenarios={name: scenario_fields(s) for name, s in self.scenarios.items()})
+
+
+def expand(config: RunConfig) -> Plan:
+    """The plan of a composed grid: its training stages and evaluation cells, keyed by content."""
+    return _Planner(config).plan()

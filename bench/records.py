@@ -13,15 +13,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from bench import layout
+
+if TYPE_CHECKING:
+    from bench.grid import EvalCell, TrainStage
 
 LOG = logging.getLogger("bench.records")
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: records written before keys carried code and input fingerprints
-QUARANTINE = "quarantine"
-HISTORY = "history"
 REQUIRED_FIELDS = (
     "schema_version", "status", "key", "grid", "scenario", "defence", "defence_name", "attack", "attack_name",
     "attack_settings", "seed", "n_examples", "clean_acc", "clean_ci", "robust_acc", "robust_ci",
@@ -104,7 +110,70 @@ def _result_problems(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-# --- files (written with defences.atomic.write_json_atomic) ----------------------------------------------
+# --- building records ------------------------------------------------------------------------------------
+
+def cell_fields(cell: EvalCell) -> dict[str, Any]:
+    """What every record of a cell says about the cell: which one it is (also a failed job's record)."""
+    return {"schema_version": SCHEMA_VERSION, "key": cell.key, "grid": cell.grid, "block": cell.block,
+            "scenario": cell.scenario, "defence": cell.defence_key, "defence_name": cell.defence_name,
+            "stage": cell.stage_key, "attack": cell.attack_key, "attack_name": cell.attack_name,
+            "attack_settings": cell.attack_params, "seed": cell.seed, "n_examples": cell.n_examples}
+
+
+def run_fields(cell: EvalCell, stage: TrainStage, started: float) -> dict[str, Any]:
+    """A cell's fields plus its settings and what computes it here (commit, packages, host, job, log)."""
+    from bench.logs import job_log
+    from bench.runtime import git_state, package_versions
+
+    commit, dirty = git_state()
+    return {
+        **cell_fields(cell), "settings_key": cell.settings_key, "fingerprint": cell.fingerprint,
+        "attack_budget": cell.attack_budget, "target": cell.attack_params.get("target"),
+        "eps": cell.attack_params.get("eps"), "norm": cell.attack_params.get("norm"),
+        "eval_settings": cell.eval.to_dict(), "git_commit": commit, "git_dirty": dirty,
+        "packages": package_versions(), "defence_params": stage.params,
+        "scenario_identity": stage.identity.get("scenario"), "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "log": job_log(), "started_at": started,
+    }
+
+
+def done_record(fields: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A `done` record: `fields` (run_fields) and the result (accuracies, per-example draws, counts, ...)."""
+    return {**fields, "status": "done", **result}
+
+
+def failed_record(fields: dict[str, Any], error: str, **details: Any) -> dict[str, Any]:
+    """A `failed` record: `fields` (run_fields, or cell_fields for a job that died without a word), the error
+    (a traceback or what happened to the job) and details such as the log, the job id and finished_at."""
+    return {**fields, "status": "failed", "error": error, **details}
+
+
+def stage_failure(stage: TrainStage, error: str, **details: Any) -> dict[str, Any]:
+    """A training stage's failed.json: which stage, the error, and details (log, job id, failed_at)."""
+    return {"stage": stage.key, "label": stage.label, "error": error, **details}
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+def unique_temp(path: Path) -> Path:
+    """A temporary name beside `path`, unique across processes, threads and hosts sharing a filesystem."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a unique temporary file, fsync it, then rename over `path`: readers never see half a
+    file, and two writers never share a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_temp(path)
+    try:
+        with tmp.open("w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
 
 def read_json(path: Path) -> Any:
     """A JSON file's content; None when it does not exist. Invalid JSON raises ValueError naming the file."""
@@ -119,7 +188,7 @@ def read_json(path: Path) -> Any:
 
 
 def _move_aside(path: Path, folder_name: str) -> Path | None:
-    folder = path.parent / folder_name
+    folder = layout.aside_dir(path, folder_name)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     target = folder / f"{path.stem}.{stamp}{path.suffix}"
@@ -135,12 +204,12 @@ def _move_aside(path: Path, folder_name: str) -> Path | None:
 
 def archive(path: Path) -> Path | None:
     """Move a record into history/ under a new, unique name; returns the new path."""
-    return _move_aside(path, HISTORY)
+    return _move_aside(path, layout.HISTORY)
 
 
 def quarantine(path: Path, reason: str) -> Path | None:
     """Move a file that is not a valid record out of cells/, with a warning that names it and says why."""
-    target = _move_aside(path, QUARANTINE)
+    target = _move_aside(path, layout.QUARANTINE)
     if target is not None:
         LOG.warning("moved %s to %s: it is not a valid cell record (%s)", path, target, reason)
     return target
@@ -185,7 +254,7 @@ def load_records(cells_dir: Path) -> list[dict[str, Any]]:
     not a record being written, a partial result or a lock is quarantined."""
     found = []
     for path in sorted(Path(cells_dir).iterdir()) if Path(cells_dir).is_dir() else []:
-        if path.is_dir() or path.name.startswith(".") or path.name.endswith((".partial", ".lock")):
+        if not layout.is_record_candidate(path):
             continue
         if path.suffix != ".json":
             quarantine(path, "not a .json record")

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from attacks.progress import format_seconds
-from bench import records
+from bench import layout, records
 from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
-from bench.executors import REGISTRY as EXECUTORS
-from bench.executors import make_executor
+from bench.executors import Executor, make_executor
 from bench.grid import Plan, expand
-from bench.jobs import configure_logging, record_path, write_plan
+from bench.logs import configure_logging
+from bench.options import RunOptions
+from bench.planfile import write_plan
 from bench.runtime import configure_threads, resolve_device
-from bench.stages import DONE_FILE
 
 LOG = logging.getLogger("bench.run")
 USAGE = f"""usage: python -m bench.run [grid=NAME] [executor=NAME] [key=value ...]
@@ -39,14 +39,11 @@ def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
 
     A cell is stale when it has no record of its own but cells/ holds one of the same settings computed by
     other code or from other input files."""
-    stage_state = {}
-    for key, stage in plan.stages.items():
-        folder = Path(stage.artifact_dir)
-        stage_state[key] = "done" if (folder / DONE_FILE).exists() else (
-            "failed" if (folder / "failed.json").exists() else "pending")
+    stage_state = {key: layout.stage_file_state(stage.artifact_dir) or "pending"
+                   for key, stage in plan.stages.items()}
     cell_state = {}
     for cell in plan.cells:
-        path = record_path(plan, cell)
+        path = layout.record_path(plan, cell)
         state = records.record_status(path, cell.key) or "pending"
         if state == "pending" and cell.settings_key and \
                 records.same_settings_records(path.parent, cell.record_name, cell.settings_key):
@@ -61,9 +58,10 @@ def stale_reasons(plan: Plan, cell_state: dict[str, str]) -> dict[str, list[str]
     for cell in plan.cells:
         if cell_state[cell.key] != "stale":
             continue
-        path = record_path(plan, cell)
+        path = layout.record_path(plan, cell)
         older = [r for _, r in records.same_settings_records(path.parent, cell.record_name, cell.settings_key)]
-        single = Plan(grid=plan.grid, options=plan.options, stages=plan.stages, cells=[cell])
+        single = Plan(grid=plan.grid, options=plan.options, stages=plan.stages, cells=[cell],
+                      scenarios=plan.scenarios)
         changed = {name for entry in records.stale_records(older, single) for name in entry["changed"]}
         reasons[cell.key] = sorted(changed)
     return reasons
@@ -74,13 +72,13 @@ def work_to_do(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, st
     """The cells still to evaluate and the stages they need (with their bases), level by level."""
     runnable = {"pending", "stale", "failed"} if retry_failed else {"pending", "stale"}
     cells = [c for c in plan.cells if cell_state[c.key] in runnable]
-    needed = {key for cell in cells for key in plan.stage_chain(cell.stage)}
+    needed = {key for cell in cells for key in plan.stage_chain(cell.stage_key)}
     levels = [[s.key for s in level if s.key in needed and stage_state[s.key] != "done"]
               for level in plan.stage_levels()]
     return [level for level in levels if level], [c.key for c in cells]
 
 
-def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]) -> str:
+def describe_plan(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]) -> str:
     lines = [f"grid {plan.grid}: {len(plan.stages)} training stages, {len(plan.cells)} evaluation cells"]
     for depth, level in enumerate(plan.stage_levels()):
         for stage in level:
@@ -102,64 +100,75 @@ def describe(plan: Plan, stage_state: dict[str, str], cell_state: dict[str, str]
 
 def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
     """Jobs an earlier `executor=slurm` run submitted: those that died without a word get a failed record."""
-    jobs_file = results_dir / ".plan" / "jobs.json"
+    jobs_file = layout.job_book_path(results_dir)
     if jobs_file.exists():
-        from bench.status import JobBook, collect_finished_jobs
+        from bench.jobbook import JobBook, collect_finished_jobs
 
         collect_finished_jobs(plan, JobBook(jobs_file))
 
 
-def check_device(options: dict[str, Any]) -> None:
+def check_device(options: RunOptions) -> None:
     """A device this machine lacks is an error now, unless the work runs elsewhere (SLURM nodes)."""
-    if options["executor"] == "slurm":
+    if options.executor == "slurm":
         return
     try:
-        resolve_device(options["device"])
+        resolve_device(options.device)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    if config.options.get("smoke"):
+def prepare(config: RunConfig) -> Plan:
+    """The plan of a composed run (its smoke version with smoke=true), its device checked."""
+    if config.run_options.smoke:
         from bench import smoke
 
         smoke.apply(config)
-    options = dict(config.options)
-    options["scenario_overrides"] = config.scenario_overrides
-    check_device(options)
-    plan = expand(config)
-    plan.options = options
-    results_dir = config.results_dir()
-    if not options["dry_run"]:
+    check_device(config.run_options)
+    return expand(config)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Plan a composed run, print the plan, run what is not done yet, render the report; returns a summary."""
+    plan = prepare(config)
+    options, results_dir = plan.options, config.results_dir()
+    if not options.dry_run:
         collect_slurm_jobs(plan, results_dir)
     stage_state, cell_state = plan_state(plan)
-    print(describe(plan, stage_state, cell_state), flush=True)
-    if options["dry_run"]:
-        executor_class = EXECUTORS.resolve(options["executor"])
-        if hasattr(executor_class, "describe"):  # e.g. the SLURM arrays, tasks and resources it would submit
-            executor = executor_class(options=config.executor_options, run_options=options)
-            print(executor.describe(plan, *work_to_do(plan, stage_state, cell_state, bool(options["retry_failed"]))))
+    print(describe_plan(plan, stage_state, cell_state), flush=True)
+    executor = make_executor(options.executor, config.executor_options, options)
+    if options.dry_run:
+        text = executor.describe(plan, *work_to_do(plan, stage_state, cell_state, options.retry_failed))
+        if text:  # e.g. the SLURM arrays, tasks and resources it would submit
+            print(text)
         return {"dry_run": True, "cells": len(plan.cells)}
-    plan_path = write_plan(plan, results_dir)
-    stage_levels, cells = work_to_do(plan, stage_state, cell_state, bool(options["retry_failed"]))
-    if not cells:
-        LOG.info("every cell of grid %s is already done; nothing to run", plan.grid)
-    started = time.time()
-    executor = make_executor(options["executor"], config.executor_options, options)
-    outcomes = executor.run(plan_path, stage_levels, cells) if cells else {}
-    elapsed = time.time() - started
-    _, cell_state = plan_state(plan)
-    summary = {"ran": len(cells), "seconds": elapsed,
-               "done": sum(s == "done" for s in cell_state.values()),
-               "failed": sum(s == "failed" for s in cell_state.values()),
-               "pending": sum(s == "pending" for s in cell_state.values()), "outcomes": outcomes}
-    LOG.info("grid %s: %d cells run in %s; %d done, %d failed, %d pending", plan.grid, len(cells),
-             format_seconds(elapsed), summary["done"], summary["failed"], summary["pending"])
-    if options["report"] and options.get("wait", True):
+    summary = run_plan(plan, executor, (stage_state, cell_state))
+    if options.report and options.wait:
         from bench.report import render
 
         for path in render(results_dir):
             LOG.info("wrote %s", path)
+    return summary
+
+
+def run_plan(plan: Plan, executor: Executor | None = None,
+             states: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, Any]:
+    """Write the plan and run its pending work with `executor` (by default the plan's own, with the options of
+    its conf file); `states` is plan_state's answer when the caller has it. Returns a summary."""
+    if executor is None:
+        executor = make_executor(plan.options.executor, {}, plan.options)
+    stage_state, cell_state = states or plan_state(plan)
+    plan_path = write_plan(plan, layout.grid_dir(plan.options.results_dir, plan.grid))
+    stage_levels, cells = work_to_do(plan, stage_state, cell_state, plan.options.retry_failed)
+    if not cells:
+        LOG.info("every cell of grid %s is already done; nothing to run", plan.grid)
+    started = time.time()
+    outcomes = executor.run(plan_path, stage_levels, cells) if cells else {}
+    elapsed = time.time() - started
+    _, cell_state = plan_state(plan)
+    summary = {"ran": len(cells), "seconds": elapsed, "outcomes": outcomes,
+               **{state: sum(s == state for s in cell_state.values()) for state in ("done", "failed", "pending")}}
+    LOG.info("grid %s: %d cells run in %s; %d done, %d failed, %d pending", plan.grid, len(cells),
+             format_seconds(elapsed), summary["done"], summary["failed"], summary["pending"])
     return summary
 
 
@@ -174,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         return list_everything()
     try:
         config = compose(argv)
-        configure_logging(config.options["log_level"])
-        configure_threads(config.options["threads"])
+        configure_logging(config.run_options.log_level)
+        configure_threads(config.run_options.threads)
         summary = run(config)
     except ConfigError as error:
         print(error_line(error), file=sys.stderr)

@@ -105,7 +105,7 @@ def defence_budget_of(spec: dict[str, Any]) -> dict[str, Any]:
     return defence_budget(spec["name"])
 
 
-# --- the stage hooks (bench/stages.py) ------------------------------------------------------------------
+# --- the hooks of bench/training_stage.py ----------------------------------------------------------------
 
 def load_split(scenario: Any, split: str, data_dir: str | None):
     """The first SMOKE_IMAGES images of the real split, or synthetic ones of its shape when it is absent."""

@@ -15,7 +15,7 @@ def test_demo_grid_expands_with_shared_training_stages():
     # every attack cell of a defence shares that defence's one training stage
     stages_of = {}
     for cell in plan.cells:
-        stages_of.setdefault((cell.scenario, cell.defence_key, cell.seed), set()).add(cell.stage)
+        stages_of.setdefault((cell.scenario, cell.defence_key, cell.seed), set()).add(cell.stage_key)
     assert all(len(stages) == 1 for stages in stages_of.values())
     assert len(plan.stages) >= len(stages_of)
 

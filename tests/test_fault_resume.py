@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import bench.stages
+import bench.evaluate
 from attacks.seeding import derive_seed
 from bench.records import load_records, read_json
 from bench.run import main as run_main
@@ -95,13 +95,13 @@ def test_killed_training_and_evaluation_resume_to_identical_records(tmp_path: Pa
 
     # 3. finish in this process, watching which batches get computed
     computed: list[int] = []
-    real_batch_result = bench.stages._batch_result
+    real_batch_result = bench.evaluate._batch_result
 
     def spy(defence, attack, x, y, draws, seed):
         computed.append(seed)
         return real_batch_result(defence, attack, x, y, draws, seed)
 
-    monkeypatch.setattr(bench.stages, "_batch_result", spy)
+    monkeypatch.setattr(bench.evaluate, "_batch_result", spy)
     assert run_main(grid_args(interrupted)) == 0
     got = load_records(interrupted / "results" / "tiny" / "cells")
     killed_seed = next(r for r in got if r["key"] == killed_key)["seed"]

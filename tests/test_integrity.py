@@ -17,7 +17,7 @@ import pytest
 from bench import fingerprint, records
 from bench.config import compose
 from bench.grid import Plan, expand
-from bench.jobs import record_path
+from bench.layout import record_path
 from bench.locks import WorkLock
 from bench.run import main as run_main
 from bench.run import plan_state
@@ -72,7 +72,7 @@ def test_defence_and_protocol_changes_invalidate_what_they_compute(tiny_grid, ed
     edited_source("defences/adversarial_training.py")
     after = keys(expand(compose(tiny_grid())))
     assert changed_keys(before, after) == {"stage at", "cell at/fgsm", "cell at/pgd"}
-    edited_source("bench/stages.py")  # the evaluation protocol: every cell, no stage
+    edited_source("bench/evaluate.py")  # the evaluation protocol: every cell, no stage
     again = keys(expand(compose(tiny_grid())))
     assert changed_keys(after, again) == {name for name in again if name.startswith("cell")}
 
@@ -238,7 +238,7 @@ def test_dead_owner_lock_is_taken_over_live_one_is_not(tmp_path):
 # --- bench.status ------------------------------------------------------------------------------------
 
 def test_status_reads_the_folders_given_after_a_move(tiny_grid, tmp_path, monkeypatch, capsys):
-    from bench.jobs import write_plan
+    from bench.planfile import write_plan
     from bench.status import main as status_main
 
     args = tiny_grid()

@@ -135,8 +135,8 @@ def test_two_concurrent_runs_train_each_stage_once(tmp_path):
     processes = [start(tmp_path, "debug", log) for log in logs]
     assert [p.wait(timeout=900) for p in processes] == [0, 0], [log.read_text()[-2000:] for log in logs]
     text = "".join(log.read_text() for log in logs)
-    trained = re.findall(r"INFO bench.stages: training (\S+)", text)
+    trained = re.findall(r"INFO bench.training_stage: training (\S+)", text)
     assert sorted(trained) == ["digits/at/seed0", "digits/standard/seed0"]
-    evaluated = re.findall(r"INFO bench.stages: (\S+): clean", text)
+    evaluated = re.findall(r"INFO bench.evaluate: (\S+): clean", text)
     assert sorted(evaluated) == sorted(set(evaluated)) and len(evaluated) == 4
     assert len(load_records(tmp_path / "results" / "tiny" / "cells")) == 4

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.executors.slurm_queue import query_job_states
+from bench.jobbook import JobBook
 from bench.records import load_records, read_json
 from bench.run import main as run_main
-from bench.status import JobBook, query_job_states
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent

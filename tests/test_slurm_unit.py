@@ -17,13 +17,16 @@ from submitit.slurm.test_slurm import mocked_slurm
 
 import bench.executors.slurm as slurm_executor
 from bench.config import ConfigError, compose
+from bench.executors.slurm_queue import parse_state_table
 from bench.grid import expand
-from bench.jobs import CellJob, StageJob, read_plan, record_path, write_plan
+from bench.jobbook import JobBook, collect_finished_jobs
+from bench.jobs import CellJob, StageJob
+from bench.layout import record_path, stage_failed_path
+from bench.planfile import read_plan, write_plan
 from bench.records import read_json
 from bench.run import main as run_main
 from bench.run import plan_state, work_to_do
-from bench.stages import FAILED_FILE
-from bench.status import JobBook, collect_finished_jobs, format_status, parse_state_table, status_rows
+from bench.status import format_status, status_rows
 
 PROFILE = {
     "description": "unit-test cluster",
@@ -42,7 +45,6 @@ def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     config = compose(["grid=tiny", f"results_dir={tmp_path / 'results'}", f"artifacts_dir={tmp_path / 'art'}"])
     plan = expand(config)
-    plan.options = dict(config.options)
     plan_path = write_plan(plan, config.results_dir())
     levels, cells = work_to_do(plan, *plan_state(plan), retry_failed=True)
     profile_path = tmp_path / "unit.yaml"
@@ -204,7 +206,7 @@ def test_dead_jobs_get_failed_records_pointing_at_their_logs(planned, tmp_path: 
     states = {book.latest(stage_key)["job_id"]: "TIMEOUT", book.latest(cell.key)["job_id"]: "CANCELLED",
               book.latest(cells[1])["job_id"]: "RUNNING"}
     outcome = collect_finished_jobs(plan, book, states)
-    failed_stage = read_json(Path(plan.stages[stage_key].artifact_dir) / FAILED_FILE)
+    failed_stage = read_json(stage_failed_path(plan.stages[stage_key].artifact_dir))
     assert failed_stage["slurm_state"] == "TIMEOUT" and failed_stage["log"] == book.latest(stage_key)["stderr"]
     record = read_json(record_path(plan, cell))
     assert record["status"] == "failed" and record["slurm_state"] == "CANCELLED"

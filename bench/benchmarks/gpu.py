@@ -12,7 +12,7 @@ measures, and writes as JSON:
   `scale` (linear in the steps; an upper bound for AutoAttack, which stops attacking broken points);
 - batched vs looped EOT: PGD+EOT on CARSO with all EOT copies in one batch vs one batch per copy;
 - peak GPU memory of each measurement (null on CPU);
-- a seeded cell batch computed twice (bench.stages' own per-batch code: clean and robust draws, counts,
+- a seeded cell batch computed twice (bench.evaluate's own per-batch code: clean and robust draws, counts,
   perturbation sizes) gives the same record.
 It stops starting new measurements after `--budget-s` seconds (default 480: 8 minutes) and says which it
 skipped. `--size tiny` runs the same code at toy sizes (a WRN-10-1, a small purifier) in seconds on a CPU.
@@ -148,8 +148,8 @@ def eot_batching(defence: Defence, size: Size, device: torch.device, clock: Cloc
 
 
 def seeded_cell_repeats(defence: Defence, size: Size, device: torch.device) -> dict[str, Any]:
-    """The same cell batch (bench.stages' per-batch code) twice under one seed: equal records?"""
-    from bench.stages import _batch_result
+    """The same cell batch (bench.evaluate's per-batch code) twice under one seed: equal records?"""
+    from bench.evaluate import _batch_result
 
     x = torch.rand(size.attack_batch, 3, 32, 32, generator=torch.Generator().manual_seed(2)).to(device)
     with torch.no_grad():

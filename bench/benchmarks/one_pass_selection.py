@@ -46,24 +46,24 @@ def compare(defence: torch.nn.Module, name: str, target: str, x: torch.Tensor, y
 
 
 def main(argv: list[str]) -> None:
-    from bench.stages import evaluation_subset, load_fitted_defence, run_training_stage, stage_scenario
+    from bench.evaluate import evaluation_subset
+    from bench.training_stage import load_fitted_defence, run_training_stage
 
     own = {key: int(value) for key, value in parse_overrides([a for a in argv if a.split("=")[0] in OWN])}
     settings = {**OWN, **own}
     rest = [a for a in argv if a.split("=")[0] not in OWN]
     config = compose(["grid=demo_atop", "threads=1", *rest])
     torch.set_num_threads(int(config.options.get("threads") or 1))
-    options = {**config.options, "scenario_overrides": config.scenario_overrides}
     plan = expand(config)
-    device = resolve_device(options.get("device", "auto"))
+    device = resolve_device(plan.options.device)
     for key in plan.stages:
         for link in reversed(plan.stage_chain(key)):
-            run_training_stage(plan.stages, link, options)
+            run_training_stage(plan, link)
     for key, stage in plan.stages.items():
-        defence = load_fitted_defence(plan.stages, key, options, device)
+        defence = load_fitted_defence(plan, key, device)
         if not getattr(defence, "stochastic", False):
             continue
-        _, x, y = evaluation_subset(stage_scenario(stage, options), settings["n"], options.get("data_dir"))
+        _, x, y = evaluation_subset(plan.scenario(stage.scenario), settings["n"], plan.options.data_dir)
         x, y = x.to(device), y.to(device)
         for name, target in (("pgd", "end_to_end"), ("pgd", "classifier"), ("cw", "end_to_end")):
             started = time.time()

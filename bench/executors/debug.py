@@ -6,14 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bench.executors.base import Executor
 from bench.jobs import CellJob, StageJob
+from bench.options import DebugOptions
 
 LOG = logging.getLogger("bench.executors")
 
 
-class DebugExecutor:
-    def __init__(self, options: dict[str, Any], run_options: dict[str, Any]):
-        self.options, self.run_options = options, run_options
+class DebugExecutor(Executor):
+    """In-process executor: stages and cells run one after another in this Python process (easy to debug)."""
+
+    Options = DebugOptions
 
     def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
         outcomes: dict[str, Any] = {}

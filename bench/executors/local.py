@@ -19,7 +19,10 @@ from typing import Any
 
 import submitit
 
+from bench import layout
+from bench.executors.base import Executor
 from bench.jobs import PARENT_ENV, CellJob, StageJob
+from bench.options import LocalOptions, RunOptions
 
 LOG = logging.getLogger("bench.executors")
 
@@ -31,18 +34,28 @@ def _stop(job: Any) -> None:
         os.kill(int(job.job_id), signal.SIGTERM)
 
 
-class LocalExecutor:
-    def __init__(self, options: dict[str, Any], run_options: dict[str, Any]):
-        self.options, self.run_options = options, run_options
-        self.folder = Path(options.get("jobs_dir") or "jobs") / "local"
-        self.executor = submitit.AutoExecutor(folder=self.folder, cluster="local")
-        self.executor.update_parameters(timeout_min=int(options.get("timeout_min", 600)),
-                                        gpus_per_node=int(options.get("gpus_per_node", 0)))
+class LocalExecutor(Executor):
+    """Local executor: every stage and cell a submitit local job, at most `max_parallel` at once."""
+
+    Options = LocalOptions
+    options: LocalOptions
+
+    def __init__(self, options: LocalOptions | dict[str, Any] | None = None,
+                 run_options: RunOptions | dict[str, Any] | None = None):
+        super().__init__(options, run_options)
+        self.folder = layout.local_jobs_dir(self.options.jobs_dir)
+        self.executor: Any = None  # submitit's, made when work starts (a dry run creates no job folder)
+
+    def _start_submitit(self) -> None:
+        if self.executor is None:
+            self.executor = submitit.AutoExecutor(folder=self.folder, cluster="local")
+            self.executor.update_parameters(timeout_min=self.options.timeout_min,
+                                            gpus_per_node=self.options.gpus_per_node)
 
     def _run_window(self, jobs: dict[str, Any]) -> dict[str, Any]:
         """Run callables keyed by name, at most max_parallel at once; returns name -> result or 'failed'."""
-        limit = max(1, int(self.options.get("max_parallel", 1)))
-        poll = float(self.options.get("poll_s", 1.0))
+        limit = max(1, self.options.max_parallel)
+        poll = self.options.poll_s
         waiting, running, outcomes = list(jobs.items()), {}, {}
         try:
             self._loop(waiting, running, outcomes, limit, poll)
@@ -85,6 +98,7 @@ class LocalExecutor:
     def run(self, plan_path: Path, stage_levels: list[list[str]], cells: list[str]) -> dict[str, Any]:
         # inherited by the jobs: they end when this process does
         os.environ[PARENT_ENV] = f"{socket.gethostname()}:{os.getpid()}"
+        self._start_submitit()
         outcomes: dict[str, Any] = {}
         for level in stage_levels:
             outcomes.update(self._run_window({key: StageJob(str(plan_path), key) for key in level}))

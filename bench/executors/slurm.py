@@ -8,7 +8,7 @@
   training array with `afterany`, so a failed stage still lets its cells record a failure that points at it.
 - Jobs are `submitit.helpers.Checkpointable`: on a timeout or preemption signal submitit requeues them and
   they resume from the per-epoch / per-batch progress files. Pickles hold the plan's path and a key only.
-- Every job id goes into results/<grid>/.plan/jobs.json (see bench.status). A later run does not submit
+- Every job id goes into the grid's job book (bench.jobbook; bench.status shows it). A later run does not submit
   again what is still queued or running; it waits for it. Ctrl-C while waiting asks whether to cancel.
 """
 
@@ -29,10 +29,15 @@ import yaml
 
 from attacks.progress import Progress
 from attacks.registry import closest_hint
+from bench import layout
 from bench.config import ConfigError
+from bench.executors.base import Executor
+from bench.executors.slurm_queue import query_job_states, state_word
 from bench.grid import Plan
-from bench.jobs import CellJob, StageJob, read_plan
-from bench.status import JobBook, collect_finished_jobs, query_job_states, state_word
+from bench.jobbook import JobBook, collect_finished_jobs
+from bench.jobs import CellJob, StageJob
+from bench.options import RunOptions, SlurmOptions
+from bench.planfile import read_plan
 
 LOG = logging.getLogger("bench.executors")
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
@@ -196,21 +201,24 @@ def cluster_max_array_size() -> int | None:
 
 # --- the executor -----------------------------------------------------------------------------------------
 
-class SlurmExecutor:
-    def __init__(self, options: dict[str, Any], run_options: dict[str, Any]):
-        self.options, self.run_options = options, run_options
-        self.profile = ClusterProfile.load(str(options.get("profile") or "local"))
-        self.jobs_dir = Path(options.get("jobs_dir") or "jobs").resolve() / "slurm"
-        self.array_parallelism = int(options.get("array_parallelism") or 256)
-        self.poll_s = float(options.get("poll_s") or 10.0)
-        self.max_num_timeout = int(options.get("max_num_timeout", 3))
-        self.wait = bool(run_options.get("wait", True))
+class SlurmExecutor(Executor):
+    """SLURM executor: training stages and evaluation cells as submitit array jobs on a cluster."""
+
+    Options = SlurmOptions
+    options: SlurmOptions
+
+    def __init__(self, options: SlurmOptions | dict[str, Any] | None = None,
+                 run_options: RunOptions | dict[str, Any] | None = None):
+        super().__init__(options, run_options)
+        self.profile = ClusterProfile.load(self.options.profile)
+        self.jobs_dir = layout.slurm_jobs_dir(self.options.jobs_dir)
+        self.wait = self.run_options.wait
         self.submitted_arrays: list[str] = []
 
     def max_array_size(self) -> int:
         """Tasks per array: the option's cap, never above the cluster's MaxArraySize (indices start at 0)."""
         cluster = cluster_max_array_size()
-        chosen = self.options.get("max_array_size")
+        chosen = self.options.max_array_size
         limits = [int(v) for v in (cluster, chosen) if v is not None]
         return min(limits) if limits else DEFAULT_MAX_ARRAY_SIZE
 
@@ -225,7 +233,7 @@ class SlurmExecutor:
             shown = {k: v for k, v in array.resources.items() if k != "setup"}
             lines.append(f"  {array.kind}[{array.level}] {len(array.keys):>5} tasks  "
                          f"{json.dumps(shown, sort_keys=True)}")
-        if self.options.get("calibration"):
+        if self.options.calibration:
             lines.append(self._calibrated_estimate(plan, arrays, cells))
         return "\n".join(lines)
 
@@ -233,7 +241,7 @@ class SlurmExecutor:
         """GPU-hours of the evaluation cells from measured costs (bench/executors/calibration.py)."""
         from bench.executors.calibration import estimate_eval_hours, load_calibration
 
-        path = str(self.options["calibration"])
+        path = str(self.options.calibration)
         eval_hours, uncovered = estimate_eval_hours(plan, cells, load_calibration(path))
         train_hours = sum(len(a.keys) * a.resources.get("gpus_per_node", 0) * a.resources["time_min"] / 60
                           for a in arrays if a.kind == "train")
@@ -284,7 +292,7 @@ class SlurmExecutor:
 
         try:
             executor = submitit.SlurmExecutor(folder=self.jobs_dir / plan.grid / "%j",
-                                              max_num_timeout=self.max_num_timeout)
+                                              max_num_timeout=self.options.max_num_timeout)
         except RuntimeError as error:  # no srun on PATH
             raise ConfigError(f"executor=slurm needs SLURM's client tools (srun, sbatch) on PATH: {error} For a "
                               "local test cluster run slurm/local_cluster/install.sh and start.sh.") from error
@@ -292,7 +300,7 @@ class SlurmExecutor:
         extra = dict(parameters.pop("additional_parameters", {}))
         extra.setdefault("chdir", os.getcwd())  # the plan's artifact and results paths are relative to it
         executor.update_parameters(job_name=f"bench-{plan.grid}-{array.kind}{array.level}",
-                                   array_parallelism=self.array_parallelism, additional_parameters=extra,
+                                   array_parallelism=self.options.array_parallelism, additional_parameters=extra,
                                    **parameters)
         if dependency:
             executor.update_parameters(dependency=dependency)
@@ -328,7 +336,7 @@ class SlurmExecutor:
                     progress.update(len(finished) - progress.done)
                 if len(finished) == len(watched):
                     break
-                time.sleep(self.poll_s)
+                time.sleep(self.options.poll_s)
         except KeyboardInterrupt:
             self._offer_cancel(plan)
             raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import layout
 from bench.records import load_records, read_json, validate_record
 
 LOG = logging.getLogger("bench.report")
@@ -132,7 +133,7 @@ def _scenario_info(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell_from_plan(planned: dict[str, Any], stages: dict[str, Any]) -> CellResult:
-    stage = stages.get(planned.get("stage", ""), {})
+    stage = stages.get(planned.get("stage_key", planned.get("stage", "")), {})  # "stage" in format-1 plans
     return CellResult(
         key=planned["key"], scenario=planned["scenario"], defence=planned["defence_key"],
         defence_name=planned.get("defence_name", planned["defence_key"]), attack=planned["attack_key"],
@@ -168,7 +169,7 @@ def _attach(cell: CellResult, record: dict[str, Any] | None, cells_dir: Path) ->
             cell.status = "failed"
             cell.record = {**record, "error": f"the record {record.get('_path', '')} lacks the fields {missing}"}
         return
-    partial = read_json(cells_dir / f"{cell.record_name}.partial") if cell.record_name else None
+    partial = read_json(layout.partial_path(cells_dir / cell.record_name)) if cell.record_name else None
     if partial and partial.get("batches"):
         batch_size = int(cell.eval_settings.get("batch_size") or 0)
         cell.status, cell.batches_saved = "partial", len(partial["batches"])
@@ -206,10 +207,10 @@ def grid_report_config(plan: dict[str, Any] | None) -> tuple[dict[str, Any], str
 def collect(results_dir: Path, report_config: dict[str, Any] | None = None) -> GridResults:
     """Read results/<grid>/: the plan's cells with their records, stray records, diagnostics, layout config."""
     results_dir = Path(results_dir)
-    cells_dir = results_dir / "cells"
+    cells_dir = layout.cells_dir(results_dir)
     records = load_records(cells_dir) if cells_dir.exists() else []
     by_key = {r["key"]: r for r in records if "key" in r}
-    plan = read_json(results_dir / ".plan" / "plan.json")
+    plan = read_json(layout.latest_plan_path(results_dir))
     if plan is not None:
         stages = plan.get("stages") or {}
         cells = [_cell_from_plan(planned, stages) for planned in plan.get("cells", [])]
@@ -226,5 +227,5 @@ def collect(results_dir: Path, report_config: dict[str, Any] | None = None) -> G
         note = ""
     name = str(plan.get("grid")) if plan else results_dir.name
     return GridResults(name=name, results_dir=results_dir, cells=cells, has_plan=plan is not None,
-                       stray_records=stray, diagnostics=load_diagnostics(results_dir / "diagnostics"),
+                       stray_records=stray, diagnostics=load_diagnostics(layout.diagnostics_dir(results_dir)),
                        report_config=dict(report_config), config_note=note)

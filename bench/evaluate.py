@@ -1,0 +1,168 @@
+"""Evaluating one cell: one attack on one fitted defence over the cell's test subset, resumably.
+
+Each finished batch is saved to the cell's partial file (bench.layout) and re-seeded per batch from the cell's
+settings key, so a job killed and re-run produces the same record as an uninterrupted one. The record's format
+is bench.records'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import attacks
+from attacks.progress import Progress
+from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
+from attacks.seeding import derive_seed, seed_everything
+from bench import layout, records
+from bench.grid import EvalCell, Plan
+from bench.locks import locked
+from bench.runtime import hardware_summary, resolve_device
+from bench.scenarios import Scenario
+from bench.training_stage import load_fitted_defence, load_split
+from defences.atomic import write_json_atomic
+from defences.base import Defence
+
+LOG = logging.getLogger("bench.evaluate")
+
+
+def evaluation_subset(scenario: Scenario, n_examples: int, data_dir: str | None,
+                      smoke: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first n of a fixed permutation of the test split (same for every cell of the scenario)."""
+    split = load_split(scenario, "test", data_dir, smoke)
+    generator = torch.Generator().manual_seed(scenario.test_subset_seed)
+    index = torch.randperm(len(split), generator=generator)[:n_examples].sort().values
+    return index, split.float_images(index), split.labels[index]
+
+
+def build_attack(cell: EvalCell) -> attacks.Attack:
+    return attacks.build(cell.attack_name, **{k: v for k, v in cell.attack_params.items() if k != "name"})
+
+
+def _batch_result(defence: Defence, attack: attacks.Attack, x: torch.Tensor, y: torch.Tensor, draws: int,
+                  seed: int) -> dict[str, Any]:
+    seed_everything(seed)
+    clean_predictions = predict_draws(defence, x, draws)
+    before = dict(getattr(attack, "counts", {"forward_examples": 0, "backward_examples": 0}))
+    started = time.time()
+    x_adv = attack(defence, x, y)
+    attack_seconds = time.time() - started
+    robust_predictions = predict_draws(defence, x_adv, draws)
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if attack.norm == "Linf" else delta.norm(dim=1)
+    return {"clean": (clean_predictions == y).T.int().tolist(), "robust": (robust_predictions == y).T.int().tolist(),
+            "attack_seconds": attack_seconds,
+            "forward_examples": attack.counts["forward_examples"] - before["forward_examples"],
+            "backward_examples": attack.counts["backward_examples"] - before["backward_examples"],
+            "perturbation": size.tolist(),
+            **batch_extras(defence, attack, x, x_adv, clean_predictions, robust_predictions)}
+
+
+def run_eval_cell(plan: Plan, cell: EvalCell) -> str:
+    """Evaluate one cell and write its record; returns 'done', 'skipped' or 'failed' (a failed record).
+
+    Holds the cell's lock while it works: a second process asking for the same cell waits, then finds it
+    done. Once the new record is written, older records of the same settings (stale: other code or inputs)
+    move to cells/history/."""
+    record_path = layout.record_path(plan, cell)
+    if records.record_status(record_path, cell.key) == "done":
+        return "skipped"
+    with locked(layout.lock_path(record_path), label=f"cell {cell.label}"):
+        status = records.record_status(record_path, cell.key)
+        if status == "done":
+            return "skipped"
+        if status is not None:
+            records.archive(record_path)
+        record = evaluate_cell(plan, cell, layout.partial_path(record_path))
+        write_json_atomic(record_path, record)
+        if record["status"] == "done":
+            layout.partial_path(record_path).unlink(missing_ok=True)
+            if cell.settings_key:
+                for path, _ in records.same_settings_records(record_path.parent, cell.record_name,
+                                                             cell.settings_key):
+                    records.archive(path)
+        return record["status"]
+
+
+def evaluate_cell(plan: Plan, cell: EvalCell, partial_path: Path | None = None) -> dict[str, Any]:
+    """One cell's record (bench.records' format): `done` with its results, or `failed` with the error.
+
+    With `partial_path`, finished batches are saved there and batches found there are not computed again."""
+    started = time.time()
+    fields = records.run_fields(cell, plan.stages[cell.stage_key], started)
+    try:
+        result = _evaluate(plan, cell, partial_path, started)
+    except Exception as error:  # a failed cell is recorded as failed, never as a result
+        LOG.error("%s failed: %s", cell.label, error)
+        return records.failed_record(fields, "".join(traceback.format_exception(error)),
+                                     wall_seconds=time.time() - started, finished_at=time.time())
+    LOG.info("%s: clean %.3f robust %.3f (n=%d)", cell.label, result["clean_acc"], result["robust_acc"],
+             result["n_examples"])
+    return records.done_record(fields, result)
+
+
+def _evaluate(plan: Plan, cell: EvalCell, partial_path: Path | None, started: float) -> dict[str, Any]:
+    """The result fields of a done record."""
+    device = resolve_device(plan.options.device)
+    defence = load_fitted_defence(plan, cell.stage_key, device)
+    index, images, labels = evaluation_subset(plan.scenario(cell.scenario), cell.n_examples, plan.options.data_dir,
+                                              plan.options.smoke)
+    draws = cell.eval.draws_for(defence.stochastic)
+    batches = _attack_batches(cell, defence, build_attack(cell), images, labels, draws, device, partial_path)
+    clean = torch.tensor([row for b in batches for row in b["clean"]])
+    robust = torch.tensor([row for b in batches for row in b["robust"]])
+    decision = cell.eval.decision
+    return {
+        "stochastic": defence.stochastic, "draws": draws, "decision": decision,
+        **record_accuracies(clean, robust, decision), **record_extras(batches), "n_examples": len(labels),
+        "per_example": {"index": index.tolist(), "label": labels.tolist(), "clean_draws": clean.tolist(),
+                        "robust_draws": robust.tolist(),
+                        "perturbation": [v for b in batches for v in b["perturbation"]]},
+        "counts": {"forward_examples": sum(b["forward_examples"] for b in batches),
+                   "backward_examples": sum(b["backward_examples"] for b in batches)},
+        "attack_seconds": sum(b["attack_seconds"] for b in batches),
+        "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time(),
+    }
+
+
+def _attack_batches(cell: EvalCell, defence: Defence, attack: attacks.Attack, images: torch.Tensor,
+                    labels: torch.Tensor, draws: int, device: torch.device,
+                    partial_path: Path | None) -> list[dict[str, Any]]:
+    """Every batch's result in order, each seeded from the cell's settings key and its index."""
+    batch_size = cell.eval.batch_size
+    partial = _read_partial(partial_path, cell) if partial_path else {"key": cell.key, "batches": {}}
+    n_batches = (len(labels) + batch_size - 1) // batch_size
+    progress = Progress(f"{cell.label}", n_batches, LOG, every_s=20.0, unit="batches")
+    progress.done = len(partial["batches"])
+    for batch in range(n_batches):
+        if str(batch) in partial["batches"]:
+            continue
+        lo, hi = batch * batch_size, min((batch + 1) * batch_size, len(labels))
+        partial["batches"][str(batch)] = _batch_result(defence, attack, images[lo:hi].to(device),
+                                                       labels[lo:hi].to(device), draws,
+                                                       derive_seed(cell.seed, cell.settings_key, batch))
+        if partial_path:
+            write_json_atomic(partial_path, partial)
+        progress.update()
+    return [partial["batches"][str(b)] for b in range(n_batches)]
+
+
+def _read_partial(path: Path, cell: EvalCell) -> dict[str, Any]:
+    """Batches an interrupted run of this cell saved; a damaged or foreign partial file is set aside."""
+    try:
+        partial = records.read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        records.quarantine(path, str(error))
+        return {"key": cell.key, "batches": {}}
+    if partial is None:
+        return {"key": cell.key, "batches": {}}
+    if not isinstance(partial, dict) or partial.get("key", cell.key) != cell.key or \
+            not isinstance(partial.get("batches"), dict):
+        records.quarantine(path, "not this cell's partial result")
+        return {"key": cell.key, "batches": {}}
+    return partial

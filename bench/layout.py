@@ -1,0 +1,129 @@
+"""Where things live on disk: the one owner of the results and artifacts folder layout.
+
+    <results_dir>/<grid>/
+        .plan/plan.json                the latest plan (bench.status and bench.report read it)
+        .plan/plan-<content key>.json  the plan a run's jobs read (a concurrent run cannot change it under them)
+        .plan/jobs.json                the SLURM job book
+        cells/<record name>            one record per cell (bench.records owns the format)
+        cells/<record name>.partial    the batches an interrupted evaluation saved
+        cells/<record name>.lock       the lock of a cell at work
+        cells/history/, cells/quarantine/   older attempts, and files that are not valid records
+        diagnostics/<scenario>.<defence>.<attack>.s<seed>.json
+    <artifacts_dir>/<scenario>/<defence>-s<seed>-<key>/   one training stage's artifact
+        defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json
+    <jobs_dir>/local/, <jobs_dir>/slurm/<grid>/<job id>/    the executors' job logs
+
+Every module asks this one for a path or for "is this stage done"; none spells a name of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.grid import EvalCell, Plan
+
+PLAN_DIR = ".plan"
+LATEST_PLAN = "plan.json"
+JOB_BOOK = "jobs.json"
+CELLS = "cells"
+HISTORY = "history"
+QUARANTINE = "quarantine"
+DIAGNOSTICS = "diagnostics"
+STAGE_DONE = "defence.json"  # the name defences.base.Defence.save writes its metadata under
+STAGE_FAILED = "failed.json"
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+
+
+# --- a grid's results folder ------------------------------------------------------------------------------
+
+def grid_dir(results_dir: str | Path, grid: str) -> Path:
+    return Path(results_dir) / grid
+
+
+def plan_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / PLAN_DIR
+
+
+def latest_plan_path(grid_folder: Path) -> Path:
+    return plan_dir(grid_folder) / LATEST_PLAN
+
+
+def plan_snapshot_path(grid_folder: Path, content_key: str) -> Path:
+    return plan_dir(grid_folder) / f"plan-{content_key}.json"
+
+
+def job_book_path(grid_folder: Path) -> Path:
+    return plan_dir(grid_folder) / JOB_BOOK
+
+
+def cells_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / CELLS
+
+
+def diagnostics_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / DIAGNOSTICS
+
+
+def record_path(plan: Plan, cell: EvalCell) -> Path:
+    """The record file of a planned cell."""
+    return cells_dir(grid_dir(plan.options.results_dir, plan.grid)) / cell.record_name
+
+
+def partial_path(record: Path) -> Path:
+    return record.with_name(record.name + PARTIAL_SUFFIX)
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside a record, or beside a stage's artifact folder."""
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def aside_dir(record: Path, kind: str) -> Path:
+    """cells/history/ or cells/quarantine/ for a file in cells/."""
+    if kind not in (HISTORY, QUARANTINE):
+        raise ValueError(f"kind={kind!r} is not valid; valid: {HISTORY}, {QUARANTINE}")
+    return record.parent / kind
+
+
+def is_record_candidate(path: Path) -> bool:
+    """Whether a file in cells/ should be a record (not a folder, a temporary file, a partial result or a lock)."""
+    return not (path.is_dir() or path.name.startswith(".") or path.name.endswith((PARTIAL_SUFFIX, LOCK_SUFFIX)))
+
+
+# --- a training stage's artifact folder ------------------------------------------------------------------
+
+def stage_done_path(artifact_dir: str | Path) -> Path:
+    return Path(artifact_dir) / STAGE_DONE
+
+
+def stage_failed_path(artifact_dir: str | Path) -> Path:
+    return Path(artifact_dir) / STAGE_FAILED
+
+
+def stage_is_done(artifact_dir: str | Path) -> bool:
+    return stage_done_path(artifact_dir).exists()
+
+
+def stage_file_state(artifact_dir: str | Path) -> str | None:
+    """'done', 'failed' or None (not run yet) from what a stage's artifact folder holds."""
+    if stage_is_done(artifact_dir):
+        return "done"
+    return "failed" if stage_failed_path(artifact_dir).exists() else None
+
+
+def stage_artifact_dir(artifacts_dir: str | Path, scenario: str, defence_key: str, seed: int, key: str) -> Path:
+    return Path(artifacts_dir) / scenario / f"{defence_key}-s{seed}-{key}"
+
+
+# --- job logs -----------------------------------------------------------------------------------------------
+
+def local_jobs_dir(jobs_dir: str | Path) -> Path:
+    return Path(jobs_dir) / "local"
+
+
+def slurm_jobs_dir(jobs_dir: str | Path) -> Path:
+    """SLURM job folders go under <this>/<grid>/<job id>/ (resolved: the jobs run from the submission folder)."""
+    return Path(jobs_dir).resolve() / "slurm"
