@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from attacks.registry import UnknownNameError
-from bench.config import ConfigError, available, load_conf
+from bench.conffiles import ConfigError, available, load_conf
 
 
 def _first_line(text: str | None) -> str:

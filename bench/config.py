@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from attacks.registry import closest_hint
+from bench.conffiles import ConfigError, available, load_conf, yaml_where
 from bench.options import DECISIONS, EVAL_DEFAULTS, EvalOptions, ExecutorOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import (
@@ -31,49 +32,10 @@ from bench.validation import (
     check_run_option,
 )
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-KINDS = ("grid", "scenario", "executor")
-
 RUN_DEFAULTS: dict[str, Any] = RunOptions().to_dict()  # the defaults live in bench.options.RunOptions
 GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
 BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}
 GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")  # an include's value unless the grid's
-
-
-class ConfigError(ValueError):
-    """A configuration problem, stated with what was wrong and what is valid."""
-
-
-def error_line(error: BaseException) -> str:
-    """An error as the one `error: ...` line the command-line tools print (never a traceback)."""
-    return "error: " + " ".join(str(error).split())
-
-
-def available(kind: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
-
-
-def load_conf(kind: str, name: str) -> dict[str, Any]:
-    """conf/<kind>/<name>.yaml, or, for a name ending in .yaml/.yml, that file (a user's own grid, say)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONF_DIR / kind / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(f"unknown {kind} {name!r}. {closest_hint(name, available(kind))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML{_yaml_where(error)}") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read it: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping, found {type(data).__name__}")
-    return data
-
-
-def _yaml_where(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None)
-    return f"{where}: {problem}" if problem else where
 
 
 def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenario:
@@ -180,7 +142,7 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"cannot parse value {text!r}{_yaml_where(error)}") from error
+        raise ConfigError(f"cannot parse value {text!r}{yaml_where(error)}") from error
 
 
 def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:

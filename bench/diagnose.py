@@ -25,7 +25,8 @@ from attacks.diagnostics import Budget
 from attacks.losses import LOSSES
 from attacks.seeding import seed_everything
 from bench import layout
-from bench.config import ConfigError, compose, parse_overrides
+from bench.conffiles import ConfigError
+from bench.config import compose, parse_overrides
 from bench.grid import EvalCell, Plan, expand
 from bench.logs import configure_logging
 from bench.runtime import git_commit, package_versions, resolve_device

@@ -6,8 +6,9 @@ produced it are unchanged. The boundary:
 - **Code** is the source of every project module in the import closure (imports anywhere in a module, lazy
   ones included) of the modules that produce the result, for a stage: the defence class's module (a user
   module included), `defences.base` (and through it the seeding, `attacks.seeding`), the classifier zoo, the
-  data loaders, scenarios and `bench.runtime`; for a cell: the attack class's module, `attacks` core (base, protocol, losses) and the
-  evaluation protocol in `bench.evaluate` (plus, through the stage key, everything of its stage). Parent
+  data loaders, scenarios and `bench.runtime`; for a cell: the attack class's module, `attacks` core (base,
+  protocol, losses) and the evaluation protocol in `bench.evaluate` (plus, through the stage key, everything of
+  its stage). Parent
   packages' `__init__` files count. Modules that only plan, run, lock, record, report or diagnose results
   (NOT_RESULT_CODE) are outside the boundary: changing the report never invalidates a result.
 - **Inputs** are the content hashes (SHA-256, cached by path, size and mtime) of a `file:` classifier's weights,
@@ -35,7 +36,7 @@ NOT_RESULT_CODE = (
     "attacks.registry",
     "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
     "bench.listing", "bench.paper_numbers", "attacks.diagnostics", "bench.layout", "bench.options", "bench.logs",
-    "bench.planfile", "bench.jobbook",
+    "bench.planfile", "bench.jobbook", "bench.conffiles",
 )
 STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime")
 CELL_ROOTS = ("attacks.base", "attacks.protocol", "attacks.losses", "bench.evaluate")

@@ -23,7 +23,8 @@ import defences
 from attacks.base import NORMS
 from attacks.registry import UnknownNameError
 from bench import layout
-from bench.config import ConfigError, RunConfig
+from bench.conffiles import ConfigError
+from bench.config import RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
 from bench.options import EvalOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict

@@ -94,7 +94,7 @@ class ExecutorOptions:
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        from bench.config import load_conf
+        from bench.conffiles import load_conf
 
         return load_conf("executor", cls.conf_name) if cls.conf_name else {}
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bench import layout
-from bench.config import ConfigError
+from bench.conffiles import ConfigError
 from bench.grid import Plan, content_key
 from bench.records import write_json_atomic
 

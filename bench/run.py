@@ -14,7 +14,8 @@ from typing import Any
 
 from attacks.progress import format_seconds
 from bench import layout, records
-from bench.config import RUN_DEFAULTS, ConfigError, RunConfig, available, compose, error_line
+from bench.conffiles import ConfigError, available, error_line
+from bench.config import RUN_DEFAULTS, RunConfig, compose
 from bench.executors import Executor, make_executor
 from bench.grid import Plan, expand
 from bench.logs import configure_logging

@@ -97,7 +97,7 @@ Paths are taken as given here, never from where the results were first written."
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.config import ConfigError, error_line
+    from bench.conffiles import ConfigError, error_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_status_plan(argv: list[str]) -> tuple[Plan, Path, bool]:
     """The plan to report on, with the results and artifacts folders given here (not those stored in it)."""
-    from bench.config import ConfigError, compose
+    from bench.conffiles import ConfigError
+    from bench.config import compose
     from bench.grid import expand
     from bench.validation import SettingError, as_bool
 

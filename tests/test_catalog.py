@@ -5,7 +5,7 @@ from __future__ import annotations
 import attacks
 import defences
 from bench.catalog import render
-from bench.config import available
+from bench.conffiles import available
 from bench.run import main
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import ConfigError, compose
+from bench.conffiles import ConfigError
+from bench.config import compose
 from bench.grid import expand
 
 

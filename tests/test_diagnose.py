@@ -14,7 +14,8 @@ from torch import nn
 import attacks
 from attacks.diagnostics import FLAGS, check_loss_masking, eps_grid, gradient_flag
 from bench.benchmarks.toys import NoisyDefence, QuantisingDefence, TinyCNN, fit_classifier, toy_task
-from bench.config import ConfigError, compose
+from bench.conffiles import ConfigError
+from bench.config import compose
 from bench.diagnose import cell_budget, find_cell, main
 from bench.grid import expand
 

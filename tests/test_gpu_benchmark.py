@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bench.benchmarks import gpu
-from bench.config import ConfigError, compose
+from bench.conffiles import ConfigError
+from bench.config import compose
 from bench.executors.calibration import estimate_eval_hours, load_calibration
 from bench.grid import expand
 

@@ -1,9 +1,11 @@
 """The project's layers, checked from the source: `attacks` < `defences` < `bench`, and no import cycles.
 
-Every import counts: module-level ones, imports inside functions (lazy) and under `if TYPE_CHECKING:`. The
-rules (issue 14): `attacks` imports nothing from `bench` or `defences` and, outside the standard library, only
-torch, numpy and the reference attack packages; `defences` imports nothing from `bench`; the file-level
-import graph of the project's own modules has no cycle.
+Every import counts for the layers: module-level ones, imports inside functions (lazy) and under
+`if TYPE_CHECKING:`. The rules (issue 14): `attacks` imports nothing from `bench` or `defences` and, outside the
+standard library, only torch, numpy and the reference attack packages; `defences` imports nothing from `bench`;
+the file-level import graph of the project's own modules has no cycle. For cycles, imports under
+`if TYPE_CHECKING:` do not count: they name types for annotations and never execute, which is how Python code
+lets a base class mention the plan it runs without importing the planner.
 """
 
 from __future__ import annotations
@@ -32,12 +34,28 @@ def project_modules(root: Path) -> dict[str, Path]:
     return modules
 
 
-def imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
+def _typing_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`)."""
+    found = set()
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else None
+        if name == "TYPE_CHECKING":
+            found |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return found
+
+
+def imports(module: str, path: Path, typing_only: bool = True) -> list[tuple[str, list[str]]]:
     """Every import in `module`'s source, anywhere in it, as (absolute module, names taken from it):
-    `import a.b` gives ("a.b", []), `from .c import d` inside package a gives ("a.c", ["d"])."""
+    `import a.b` gives ("a.b", []), `from .c import d` inside package a gives ("a.c", ["d"]). With
+    typing_only=False, imports under `if TYPE_CHECKING:` are left out."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped = set() if typing_only else _typing_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -49,14 +67,15 @@ def imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def import_graph(root: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """(edges between the project's module files, the top-level names each module imports)."""
+def import_graph(root: Path, typing_only: bool = True) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(edges between the project's module files, the top-level names each module imports); typing_only=False
+    leaves out imports under `if TYPE_CHECKING:`."""
     modules = project_modules(root)
     edges: dict[str, set[str]] = {}
     tops: dict[str, set[str]] = {}
     for module, path in modules.items():
         edges[module], tops[module] = set(), set()
-        for base, names in imports(module, path):
+        for base, names in imports(module, path, typing_only):
             tops[module].add(base.split(".")[0])
             # `from a import b` imports the file a/b.py when there is one, else the attribute b of a
             targets = [f"{base}.{name}" if f"{base}.{name}" in modules else base for name in names] or [base]
@@ -106,13 +125,13 @@ def test_layers_import_only_downwards():
 
 
 def test_no_import_cycle_between_files():
-    edges, _ = import_graph(ROOT)
+    edges, _ = import_graph(ROOT, typing_only=False)
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_no_import_cycle_between_packages():
-    edges, _ = import_graph(ROOT)
+    edges, _ = import_graph(ROOT, typing_only=False)
     packages = {p: set() for p in PACKAGES}
     for module, targets in edges.items():
         packages[module.split(".")[0]] |= {t.split(".")[0] for t in targets} - {module.split(".")[0]}
@@ -142,3 +161,17 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     (tmp_path / "defences" / "b.py").write_text("from defences import a\nx = 1\n")
     assert layer_violations(tmp_path) == ["attacks.one imports bench"]
     assert find_cycle(import_graph(tmp_path)[0]) == ["defences.a", "defences.b", "defences.a"]
+
+
+def test_typing_only_imports_count_for_layers_not_for_cycles(tmp_path):
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    guarded = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from {} import {}\n"
+    (tmp_path / "attacks" / "one.py").write_text(guarded.format("bench.grid", "Plan"))
+    (tmp_path / "bench" / "grid.py").write_text("from bench.config import x\n")
+    (tmp_path / "bench" / "config.py").write_text("x = 1\n" + guarded.format("bench.grid", "Plan"))
+    assert layer_violations(tmp_path) == ["attacks.one imports bench"]
+    cycle = find_cycle(import_graph(tmp_path)[0])
+    assert cycle is not None and cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["bench.config", "bench.grid"]
+    assert find_cycle(import_graph(tmp_path, typing_only=False)[0]) is None

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench import layout, records
-from bench.config import ConfigError, compose, load_conf
+from bench.conffiles import ConfigError, load_conf
+from bench.config import compose
 from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
 from bench.grid import Plan, expand

@@ -7,7 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from bench.config import available, compose, load_scenario
+from bench.conffiles import available
+from bench.config import compose, load_scenario
 from bench.records import load_records
 from bench.run import run
 

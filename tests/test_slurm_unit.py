@@ -16,7 +16,8 @@ import yaml
 from submitit.slurm.test_slurm import mocked_slurm
 
 import bench.executors.slurm as slurm_executor
-from bench.config import ConfigError, compose
+from bench.conffiles import ConfigError
+from bench.config import compose
 from bench.executors.slurm_queue import parse_state_table
 from bench.grid import expand
 from bench.jobbook import JobBook, collect_finished_jobs

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError
+from bench.conffiles import ConfigError
 
 CALIBRATED_ATTACKS = ("aa", "randaa", "pgd_eot", "adaptive")
 STEP_FIELDS = ("steps", "apgd_steps", "fab_steps", "square_queries")

@@ -30,7 +30,7 @@ import yaml
 from attacks.progress import Progress
 from attacks.registry import closest_hint
 from bench import layout
-from bench.config import ConfigError
+from bench.conffiles import ConfigError
 from bench.executors.base import Executor
 from bench.executors.slurm_queue import query_job_states, state_word
 from bench.grid import Plan

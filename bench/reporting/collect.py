@@ -195,7 +195,8 @@ def grid_report_config(plan: dict[str, Any] | None) -> tuple[dict[str, Any], str
     """The `report:` section of the plan's grid file, read now (it only says how to lay out tables)."""
     if plan is None:
         return {}, ""
-    from bench.config import ConfigError, load_grid
+    from bench.conffiles import ConfigError
+    from bench.config import load_grid
 
     name = str((plan.get("options") or {}).get("grid") or plan.get("grid") or "")
     try:
