@@ -63,7 +63,8 @@ def run_grid(grid: str | Path = "demo", **options: Any) -> pd.DataFrame:
     configure_logging(config.options["log_level"])
     configure_threads(config.options["threads"])
     summary = run(config)
-    frame = load_results(config.results_dir())
+    folder = config.results_dir()  # after the run: smoke mode moves it
+    frame = load_results(folder) if folder.is_dir() else _empty_frame()  # a dry run may write nothing
     frame.attrs["summary"] = summary
     return frame
 
@@ -129,16 +130,18 @@ def evaluate(defence: nn.Module, attack: Attack | str, images: torch.Tensor, lab
 
     `defence`: a fitted `defences.Defence` or any `nn.Module` from [0, 1] images to logits (one with a true
     `stochastic` attribute is judged from `stochastic_draws` forward passes per example); it is put in eval
-    mode. `attack`: a built `attacks.Attack`, or a registry name built with `attack_settings`
-    (`evaluate(model, "pgd", x, y, eps=0.15, steps=10)`). `batch_size`, `draws`, `stochastic_draws` and
-    `decision` are the grid's `eval.` settings, with the same defaults. Batch b is seeded with
-    derive_seed(seed, settings_key, b), as a grid cell seeds its batches with its seed and settings key: pass
-    a record's `seed` and `settings_key` (and its `per_example.index`) to reproduce it.
+    mode, on `device` (default: where its parameters are). `attack`: a built `attacks.Attack`, or a registry
+    name built with `attack_settings` (`evaluate(model, "pgd", x, y, eps=0.15, steps=10)`). `batch_size`,
+    `draws`, `stochastic_draws` and `decision` are the grid's `eval.` settings, with the same defaults.
+    Batch b is seeded with derive_seed(seed, settings_key, b), as a grid cell seeds its batches with its
+    seed and settings key: pass a record's `seed` and `settings_key` (and its `per_example.index`) to
+    reproduce it.
 
     The record holds status, stochastic, draws, decision, clean/robust accuracies (`*_acc`, `*_ci`, per rule
     `*_acc_single|majority|worst`, per example `*_correct`, robust judged <= clean), `per_example` (index,
     label, clean_draws, robust_draws, perturbation), counts, attack name/settings/budget/eps/norm/target,
-    `attack_report` and `randomness_audit` where the runner has them, timings and provenance.
+    `attack_report` and `randomness_audit` where the runner has them, timings and provenance. It is not a
+    cell record (bench.records.CellRecord): it has no cell identity (key, grid, scenario, defence entry).
     """
     attack = _built_attack(attack, attack_settings)
     settings = eval_settings(batch_size=batch_size, draws=draws, stochastic_draws=stochastic_draws,
@@ -286,6 +289,12 @@ def load_results(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"results folder {root} does not exist (or is not a folder)")
     rows = [_row(record, path) for cells in _cells_folders(root) for path, record in _valid_records(cells)]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _empty_frame() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame([], columns=COLUMNS)
 
 
 def _cells_folders(root: Path) -> list[Path]:

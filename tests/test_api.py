@@ -190,3 +190,21 @@ def test_evaluate_a_plain_module_counts_passes_and_keeps_robust_below_clean():
     assert record["per_example"]["index"] == list(range(10))
     assert max(record["per_example"]["perturbation"]) <= 0.1 + 1e-6
     assert "randomness_audit" not in record
+
+
+def test_import_bench_stays_light():
+    """The API loads on first use: `import bench` (every `python -m bench.*` tool) does not import torch."""
+    code = "import sys, bench; assert 'torch' not in sys.modules and 'bench.api' not in sys.modules; " \
+           "from bench import run_grid; assert 'bench.api' in sys.modules; print(run_grid.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "bench.api", done.stderr
+
+
+def test_run_grid_dry_run_returns_an_empty_frame_and_the_plan_size(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("api_test_defences", None)
+    grid, options = _grid_options(tmp_path)
+    frame = run_grid(grid, dry_run=True, **options)
+    assert frame.empty and list(frame.columns)[:3] == ["grid", "scenario", "defence"]
+    assert frame.attrs["summary"] == {"dry_run": True, "cells": 2}
