@@ -10,6 +10,10 @@
   as a training stage does it, and the test examples the scenario's cells evaluate, for `evaluate`.
 - `load_results(folder)` reads every valid cell record under a grid folder or a results root into a DataFrame,
   one row per record, with a `grid` column. It only reads: invalid files are skipped with a warning.
+
+Import from `bench.api`: bench/__init__.py does not re-export these, because it belongs to the code fingerprint
+of every stage and cell (bench.fingerprint counts parent packages), so importing the API there would make
+every record depend on this file. Nothing here computes a grid's result: the runner's modules do.
 """
 
 from __future__ import annotations
