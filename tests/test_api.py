@@ -96,7 +96,8 @@ def test_load_results_reads_two_grids_and_skips_bad_files(tmp_path):
         assert row["stochastic"] == record["stochastic"] and row["status"] == "done"
         assert row["git_commit"] == record["git_commit"]
     assert (cells / "truncated.abc.json").exists() and not (cells / "quarantine").exists()  # nothing moved
-    assert len(load_results(tmp_path / "root" / "demo")) == 2  # one grid folder
+    with pytest.warns(UserWarning, match="skipped"):
+        assert len(load_results(tmp_path / "root" / "demo")) == 2  # one grid folder
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_results(tmp_path / "nowhere")
 
