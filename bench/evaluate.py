@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,42 +115,58 @@ def _evaluate(plan: Plan, cell: EvalCell, partial_path: Path | None, started: fl
                                               plan.options.smoke)
     draws = cell.eval.draws_for(defence.stochastic)
     batches = _attack_batches(cell, defence, build_attack(cell), images, labels, draws, device, partial_path)
+    return {**result_fields(batches, index.tolist(), labels, defence.stochastic, draws, cell.eval.decision),
+            "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time()}
+
+
+def result_fields(batches: list[dict[str, Any]], index: list[int], labels: torch.Tensor, stochastic: bool,
+                  draws: int, decision: str) -> dict[str, Any]:
+    """A done record's result fields from its batches' results (bench.records adds the cell's identity)."""
     clean = torch.tensor([row for b in batches for row in b["clean"]])
     robust = torch.tensor([row for b in batches for row in b["robust"]])
-    decision = cell.eval.decision
     return {
-        "stochastic": defence.stochastic, "draws": draws, "decision": decision,
+        "stochastic": stochastic, "draws": draws, "decision": decision,
         **record_accuracies(clean, robust, decision), **record_extras(batches), "n_examples": len(labels),
-        "per_example": {"index": index.tolist(), "label": labels.tolist(), "clean_draws": clean.tolist(),
+        "per_example": {"index": index, "label": labels.tolist(), "clean_draws": clean.tolist(),
                         "robust_draws": robust.tolist(),
                         "perturbation": [v for b in batches for v in b["perturbation"]]},
         "counts": {"forward_examples": sum(b["forward_examples"] for b in batches),
                    "backward_examples": sum(b["backward_examples"] for b in batches)},
         "attack_seconds": sum(b["attack_seconds"] for b in batches),
-        "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time(),
     }
 
 
 def _attack_batches(cell: EvalCell, defence: Defence, attack: attacks.Attack, images: torch.Tensor,
                     labels: torch.Tensor, draws: int, device: torch.device,
                     partial_path: Path | None) -> list[dict[str, Any]]:
-    """Every batch's result in order, each seeded from the cell's settings key and its index."""
-    batch_size = cell.eval.batch_size
+    """A cell's batches, resumed from and saved to its partial file when it has one."""
     partial = _read_partial(partial_path, cell) if partial_path else {"key": cell.key, "batches": {}}
+    save = (lambda: write_json_atomic(partial_path, partial)) if partial_path else None
+    return attack_batches(defence, attack, images, labels, draws, device, batch_size=cell.eval.batch_size,
+                          seed=cell.seed, settings_key=cell.settings_key, label=cell.label,
+                          done=partial["batches"], after_batch=save)
+
+
+def attack_batches(defence: torch.nn.Module, attack: attacks.Attack, images: torch.Tensor, labels: torch.Tensor,
+                   draws: int, device: torch.device, *, batch_size: int, seed: int, settings_key: str, label: str,
+                   done: dict[str, Any] | None = None,
+                   after_batch: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Every batch's result in order, batch b seeded with derive_seed(seed, settings_key, b). Batches already in
+    `done` (by index as a string) are kept; `after_batch` runs after each new one (the runner saves there)."""
+    done = {} if done is None else done
     n_batches = (len(labels) + batch_size - 1) // batch_size
-    progress = Progress(f"{cell.label}", n_batches, LOG, every_s=20.0, unit="batches")
-    progress.done = len(partial["batches"])
+    progress = Progress(label, n_batches, LOG, every_s=20.0, unit="batches")
+    progress.done = len(done)
     for batch in range(n_batches):
-        if str(batch) in partial["batches"]:
+        if str(batch) in done:
             continue
         lo, hi = batch * batch_size, min((batch + 1) * batch_size, len(labels))
-        partial["batches"][str(batch)] = _batch_result(defence, attack, images[lo:hi].to(device),
-                                                       labels[lo:hi].to(device), draws,
-                                                       derive_seed(cell.seed, cell.settings_key, batch))
-        if partial_path:
-            write_json_atomic(partial_path, partial)
+        done[str(batch)] = _batch_result(defence, attack, images[lo:hi].to(device), labels[lo:hi].to(device), draws,
+                                         derive_seed(seed, settings_key, batch))
+        if after_batch is not None:
+            after_batch()
         progress.update()
-    return [partial["batches"][str(b)] for b in range(n_batches)]
+    return [done[str(b)] for b in range(n_batches)]
 
 
 def _read_partial(path: Path, cell: EvalCell) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def best_time(run: Callable[[], object], repeats: int, sync: Callable[[], None])
     return min(times)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
@@ -70,11 +70,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return parser.parse_args(argv)
+
+
+def build_methods(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  eps: float, chunkings: list[int]) -> dict[str, Callable[[], object]]:
+    """Every timed method by name: torchattacks, the raw passes, the harness at each chunking."""
     import torchattacks
 
+    methods: dict[str, Callable[[], object]] = {}
+    torchattacks_attack = torchattacks.EOTPGD(model, eps=eps, alpha=0.007, steps=args.steps, eot_iter=args.eot,
+                                              random_start=False)
+    methods["torchattacks EOTPGD (loop)"] = lambda: torchattacks_attack(x, y)
+    methods[f"raw passes, loop of {args.batch}"] = lambda: raw_passes(model, x, y, args.steps, args.eot, args.batch)
+    for chunk in chunkings:
+        harness = attacks.build("pgd_eot", eps=eps, steps=args.steps, eot=args.eot, max_batch=chunk)
+        methods[f"harness pgd_eot, max_batch {chunk}"] = lambda harness=harness: harness(model, x, y)
+        if chunk != args.batch:
+            methods[f"raw passes, chunks of {chunk}"] = \
+                lambda chunk=chunk: raw_passes(model, x, y, args.steps, args.eot, chunk)
+    return methods
+
+
+def interleaved_timings(methods: dict[str, Callable[[], object]], repeats: int,
+                        sync: Callable[[], None]) -> dict[str, float]:
+    """The best time of each method over `repeats` rounds, each round in a fresh shuffled order."""
+    timings = {name: float("inf") for name in methods}
+    order = list(methods)
+    shuffler = random.Random(0)
+    for _ in range(repeats):  # interleaved rounds in a fresh order: load changes hit every method alike
+        shuffler.shuffle(order)
+        for name in order:
+            timings[name] = min(timings[name], best_time(methods[name], 1, sync))
+    return timings
+
+
+def print_timings(timings: dict[str, float], batch: int, chunkings: list[int]) -> None:
+    raw_loop = timings[f"raw passes, loop of {batch}"]
+    reference = timings["torchattacks EOTPGD (loop)"]
+    width = max(map(len, timings))
+    print(f"{'method':<{width}}  seconds  vs raw loop  vs torchattacks")
+    for name, seconds in timings.items():
+        print(f"{name:<{width}}  {seconds:7.3f}  {seconds / raw_loop:10.2f}x  {seconds / reference:13.2f}x")
+    for chunk in chunkings:
+        harness = timings[f"harness pgd_eot, max_batch {chunk}"]
+        same_chunks = timings[f"raw passes, chunks of {chunk}" if chunk != batch else
+                              f"raw passes, loop of {batch}"]
+        print(f"max_batch {chunk}: harness / raw (same chunks) = {harness / same_chunks:.3f}, "
+              f"harness / raw loop = {harness / raw_loop:.3f}, harness / torchattacks = {harness / reference:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model = build_model(device)
     generator = torch.Generator().manual_seed(1)
@@ -88,38 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PGD+EOT speed on {device} ({torch.get_num_threads()} torch threads): batch {args.batch}, "
           f"{args.steps} steps x EOT {args.eot} = {passes} forward+backward passes per example, "
           f"small CNN 1x32x32 behind Gaussian noise; best of {args.repeats}")
-
-    methods: dict[str, Callable[[], object]] = {}
-    torchattacks_attack = torchattacks.EOTPGD(model, eps=eps, alpha=0.007, steps=args.steps, eot_iter=args.eot,
-                                              random_start=False)
-    methods["torchattacks EOTPGD (loop)"] = lambda: torchattacks_attack(x, y)
-    methods[f"raw passes, loop of {args.batch}"] = lambda: raw_passes(model, x, y, args.steps, args.eot, args.batch)
-    for chunk in chunkings:
-        harness = attacks.build("pgd_eot", eps=eps, steps=args.steps, eot=args.eot, max_batch=chunk)
-        methods[f"harness pgd_eot, max_batch {chunk}"] = lambda harness=harness: harness(model, x, y)
-        if chunk != args.batch:
-            methods[f"raw passes, chunks of {chunk}"] = \
-                lambda chunk=chunk: raw_passes(model, x, y, args.steps, args.eot, chunk)
-    timings = {name: float("inf") for name in methods}
-    order = list(methods)
-    shuffler = random.Random(0)
-    for _ in range(args.repeats):  # interleaved rounds in a fresh order: load changes hit every method alike
-        shuffler.shuffle(order)
-        for name in order:
-            timings[name] = min(timings[name], best_time(methods[name], 1, sync))
-
-    raw_loop = timings[f"raw passes, loop of {args.batch}"]
-    reference = timings["torchattacks EOTPGD (loop)"]
-    width = max(map(len, timings))
-    print(f"{'method':<{width}}  seconds  vs raw loop  vs torchattacks")
-    for name, seconds in timings.items():
-        print(f"{name:<{width}}  {seconds:7.3f}  {seconds / raw_loop:10.2f}x  {seconds / reference:13.2f}x")
-    for chunk in chunkings:
-        harness = timings[f"harness pgd_eot, max_batch {chunk}"]
-        same_chunks = timings[f"raw passes, chunks of {chunk}" if chunk != args.batch else
-                              f"raw passes, loop of {args.batch}"]
-        print(f"max_batch {chunk}: harness / raw (same chunks) = {harness / same_chunks:.3f}, "
-              f"harness / raw loop = {harness / raw_loop:.3f}, harness / torchattacks = {harness / reference:.3f}")
+    timings = interleaved_timings(build_methods(args, model, x, y, eps, chunkings), args.repeats, sync)
+    print_timings(timings, args.batch, chunkings)
 
 
 if __name__ == "__main__":

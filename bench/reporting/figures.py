@@ -151,44 +151,55 @@ def heatmap(grid: GridResults, folder: Path) -> FigureFile:
     labels = []
     for i, ((scenario, defence, seed), cells) in enumerate(rows.items()):
         labels.append(f"{scenario}/{defence}" + (f" (seed {seed})" if many_seeds else ""))
-        done = [c for c in cells if c.done]
-        if done:
-            values[i, 0] = done[0].record["clean_acc"]
-            texts[i][0] = f"{values[i, 0]:.2f}"
-        for cell in cells:
-            j = 1 + attack_columns.index(cell.attack)
-            if cell.done:
-                values[i, j] = cell.record["robust_acc"]
-                texts[i][j] = f"{values[i, j]:.2f}\nn={cell.n}"
-            else:
-                texts[i][j] = cell.status
-        by_threat: dict[tuple, list[CellResult]] = {}
-        for cell in cells:
-            by_threat.setdefault(group_key(cell), []).append(cell)
-        worst = [combine(group) for group in by_threat.values()]
-        worst = [w for w in worst if w.n]
-        if len(worst) == 1:
-            values[i, -1] = worst[0].acc
-            left_out = len(worst[0].not_done) + len(worst[0].other_subset)
-            coverage = f"\n({len(worst[0].attacks)} of {len(worst[0].attacks) + left_out})" if left_out else ""
-            texts[i][-1] = f"{worst[0].acc:.2f}\nn={worst[0].n}{coverage}"
-        elif len(worst) > 1:
-            texts[i][-1] = "several eps"
+        _fill_heatmap_row(cells, attack_columns, values[i], texts[i])
     fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.6 * len(rows) + 1.6))
+    _draw_heatmap(ax, fig, values, texts, columns, labels)
+    ax.set_title(f"grid {grid.name}")
+    figure.png, figure.pdf = save(fig, folder, figure.name)
+    return figure
+
+
+def _fill_heatmap_row(cells: list[CellResult], attack_columns: list[str], values: np.ndarray,
+                      texts: list[str]) -> None:
+    """One heatmap row in place: clean accuracy, each attack's robust accuracy (or status), the worst case."""
+    done = [c for c in cells if c.done]
+    if done:
+        values[0] = done[0].record["clean_acc"]
+        texts[0] = f"{values[0]:.2f}"
+    for cell in cells:
+        j = 1 + attack_columns.index(cell.attack)
+        if cell.done:
+            values[j] = cell.record["robust_acc"]
+            texts[j] = f"{values[j]:.2f}\nn={cell.n}"
+        else:
+            texts[j] = cell.status
+    by_threat: dict[tuple, list[CellResult]] = {}
+    for cell in cells:
+        by_threat.setdefault(group_key(cell), []).append(cell)
+    worst = [combine(group) for group in by_threat.values()]
+    worst = [w for w in worst if w.n]
+    if len(worst) == 1:
+        values[-1] = worst[0].acc
+        left_out = len(worst[0].not_done) + len(worst[0].other_subset)
+        coverage = f"\n({len(worst[0].attacks)} of {len(worst[0].attacks) + left_out})" if left_out else ""
+        texts[-1] = f"{worst[0].acc:.2f}\nn={worst[0].n}{coverage}"
+    elif len(worst) > 1:
+        texts[-1] = "several eps"
+
+
+def _draw_heatmap(ax: Any, fig: Any, values: np.ndarray, texts: list[list[str]], columns: list[str],
+                  labels: list[str]) -> None:
     ax.imshow(np.ones_like(values), cmap="Greys", vmin=0, vmax=5, aspect="auto")  # grey under empty cells
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for i in range(len(rows)):
-        for j in range(len(columns)):
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
             finite = not math.isnan(values[i, j])
             colour = ("white" if values[i, j] < 0.6 else "black") if finite else (
                 "darkred" if texts[i][j] == "failed" else "black")
             ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), labels)
+    ax.set_yticks(range(len(labels)), labels)
     fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title(f"grid {grid.name}")
-    figure.png, figure.pdf = save(fig, folder, figure.name)
-    return figure
 
 
 # --- sweeps: steps and EOT -----------------------------------------------------------------------------------

@@ -43,35 +43,41 @@ def load_classifier(
     kind, separator, target = source.partition(":")
     if not separator or not target:
         raise ValueError(f"classifier source {source!r} is not one of the forms {', '.join(SOURCE_FORMS)}")
+    shape = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size,
+             "mean": mean, "std": std}
     params = dict(arch_params or {})
-    shape = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
     if kind == "train":
-        if arch is not None and arch != target:
-            raise ValueError(f"source {source!r} names architecture {target!r} but arch={arch!r} was given")
-        model = build_architecture(target, **shape, mean=mean, std=std, **params)
-        provenance: dict[str, Any] = {"source": source, "arch": target, "pretrained": False}
+        model, provenance = _fresh_architecture(source, target, arch, shape, params)
     elif kind == "file":
-        if arch is None:
-            raise ValueError(f"source {source!r} needs arch=<architecture name> to know what the weights fit")
-        path = Path(target).expanduser()
-        model = build_architecture(arch, **shape, mean=mean, std=std, **params)
-        load_weights(model, path, arch)
-        provenance = {"source": source, "arch": arch, "pretrained": True, "path": str(path)}
+        model, provenance = _architecture_from_file(source, target, arch, shape, params)
     elif kind == "robustbench":
         model = _load_robustbench(target, model_dir, dataset, threat_model)
-        provenance = {
-            "source": source,
-            "arch": type(model).__name__,
-            "pretrained": True,
-            "name": target,
-            "dataset": dataset or "cifar10",
-            "threat_model": threat_model,
-        }
+        provenance = {"source": source, "arch": type(model).__name__, "pretrained": True, "name": target,
+                      "dataset": dataset or "cifar10", "threat_model": threat_model}
     else:
         raise ValueError(
             f"unknown classifier source kind {kind!r} in {source!r}; valid forms: {', '.join(SOURCE_FORMS)}"
         )
     return model.eval(), provenance
+
+
+def _fresh_architecture(source: str, target: str, arch: str | None, shape: dict[str, Any],
+                        params: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """"train:<arch>": the architecture freshly initialised (`shape`: its size and statistics)."""
+    if arch is not None and arch != target:
+        raise ValueError(f"source {source!r} names architecture {target!r} but arch={arch!r} was given")
+    return build_architecture(target, **shape, **params), {"source": source, "arch": target, "pretrained": False}
+
+
+def _architecture_from_file(source: str, target: str, arch: str | None, shape: dict[str, Any],
+                            params: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """"file:<path>": `arch` built with `shape`, then the weights at path loaded strictly."""
+    if arch is None:
+        raise ValueError(f"source {source!r} needs arch=<architecture name> to know what the weights fit")
+    path = Path(target).expanduser()
+    model = build_architecture(arch, **shape, **params)
+    load_weights(model, path, arch)
+    return model, {"source": source, "arch": arch, "pretrained": True, "path": str(path)}
 
 
 def _load_robustbench(
