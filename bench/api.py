@@ -105,7 +105,8 @@ def fit_defence(name: str, scenario: str = "digits", *, workdir: str | Path, see
                                              f"defences.{name}")
     run_on = resolve_device(device)
     seed_everything(derive_seed(seed, "init", name))
-    classifier, provenance = make_classifier(task_scenario, RunOptions.from_dict({"model_dir": model_dir}))
+    run_options = RunOptions.from_dict({"model_dir": model_dir} if model_dir else {})
+    classifier, provenance = make_classifier(task_scenario, run_options)
     defence = defences.build(resolved_name, classifier=classifier, task=task_scenario.task(), **params).to(run_on)
     if fit:
         ctx = FitContext(device=run_on, seed=seed, workdir=Path(workdir), log=LOG,
