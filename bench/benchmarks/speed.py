@@ -16,12 +16,17 @@ Rows (every ratio is harness time / reference time, both measured in this run, i
   (`attacks.apgd.apgd_max_batch`), and with all copies in one pass, vs one copy per pass (the loop), on the digits
   demo's small CNN (32x32) behind Gaussian noise (batch `--eot-batch`) and on the TinyCNN (8x8, batch `--n`);
   with `--device cuda` also on a WideResNet-28-10 at batch 64.
-On a shared machine each figure is as noisy as the load: the median of interleaved repeats is what is printed.
+Each row runs harness and reference back to back, in alternating order between repeats; the printed ratio is the
+median of the per-repeat ratios with their range, on process CPU time (what the run cost: on a loaded machine
+far steadier than wall time, which waits for cores other processes hold) and on wall time. The `noise:` rows
+time two identical configurations against each other: their ratio's distance from 1.00 and their range are the
+measurement noise of this run, to read every other ratio against.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -162,7 +167,9 @@ def apgd_eot_rows(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.T
 
     default = apgd_max_batch(x)
     return [Row(f"APGD-EOT default batching ({default} per pass) vs looped, {name}", run(None), run(x.shape[0])),
-            Row(f"APGD-EOT all {eot} copies per pass vs looped, {name}", run(x.shape[0] * eot), run(x.shape[0]))]
+            Row(f"APGD-EOT all {eot} copies per pass vs looped, {name}", run(x.shape[0] * eot), run(x.shape[0])),
+            Row(f"noise: identical configurations (looped APGD-EOT vs itself), {name}", run(x.shape[0]),
+                run(x.shape[0]))]
 
 
 def noisy(classifier: torch.nn.Module, side: int, channels: int, device: torch.device) -> NoisyDefence:
@@ -202,12 +209,55 @@ def build_rows(args, device: torch.device) -> list[Row]:
     return rows
 
 
-def timed(run: Callable[[], object], sync: Callable[[], None]) -> float:
+@dataclass
+class Timing:
+    """One run's wall-clock and process CPU seconds (CPU time: what the run itself cost, the part of a loaded
+    machine's noise that other processes' use of the cores does not add)."""
+
+    wall: float
+    cpu: float
+
+
+def timed(run: Callable[[], object], sync: Callable[[], None]) -> Timing:
     sync()
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     run()
     sync()
-    return time.perf_counter() - started
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def measure(rows: list[Row], repeats: int, sync: Callable[[], None]) -> dict[str, list[tuple[Timing, Timing]]]:
+    """(harness, reference) timings per row and repeat; the order within a pair alternates between repeats."""
+    times: dict[str, list[tuple[Timing, Timing]]] = {row.name: [] for row in rows}
+    for repeat in range(repeats):
+        for row in rows:
+            harness_first = repeat % 2 == 0
+            first, second = (row.harness, row.reference) if harness_first else (row.reference, row.harness)
+            a, b = timed(first, sync), timed(second, sync)
+            times[row.name].append((a, b) if harness_first else (b, a))
+        print(f"  repeat {repeat + 1}/{repeats} done", flush=True)
+    return times
+
+
+def summary(pairs: list[tuple[Timing, Timing]], clock: str) -> tuple[float, float, float, str]:
+    """Median harness and reference seconds, the median of the per-repeat ratios (each pair ran back to back,
+    so a load change between repeats cancels), and the ratios' range."""
+    harness = [getattr(h, clock) for h, _ in pairs]
+    reference = [getattr(r, clock) for _, r in pairs]
+    ratios = [h / r if r > 0 else float("inf") for h, r in zip(harness, reference, strict=True)]
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    return statistics.median(harness), statistics.median(reference), statistics.median(ratios), spread
+
+
+def report(rows: list[Row], times: dict[str, list[tuple[Timing, Timing]]]) -> None:
+    width = max(len(row.name) for row in rows)
+    print(f"{'row':<{width}}  {'cpu: harness s':>14}  {'reference s':>11}  {'ratio':>6}  {'range':>9}  "
+          f"{'wall: ratio':>11}  {'range':>9}  notes")
+    for row in rows:
+        harness, reference, ratio, spread = summary(times[row.name], "cpu")
+        _, _, wall_ratio, wall_spread = summary(times[row.name], "wall")
+        print(f"{row.name:<{width}}  {harness:14.3f}  {reference:11.3f}  {ratio:5.2f}x  {spread:>9}  "
+              f"{wall_ratio:10.2f}x  {wall_spread:>9}  {row.note()}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,21 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = build_rows(args, device)
-    print(f"speed on {device} ({torch.get_num_threads()} torch threads), median of {args.repeats}; "
-          f"ratio = harness / reference")
-    times: dict[str, list[tuple[float, float]]] = {row.name: [] for row in rows}
-    for repeat in range(args.repeats):
-        for row in rows:
-            first, second = (row.harness, row.reference) if repeat % 2 == 0 else (row.reference, row.harness)
-            a, b = timed(first, sync), timed(second, sync)
-            times[row.name].append((a, b) if repeat % 2 == 0 else (b, a))
-        print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
-    width = max(len(row.name) for row in rows)
-    print(f"{'row':<{width}}  harness s  reference s  ratio  notes")
-    for row in rows:
-        harness = statistics.median(h for h, _ in times[row.name])
-        reference = statistics.median(r for _, r in times[row.name])
-        print(f"{row.name:<{width}}  {harness:9.3f}  {reference:11.3f}  {harness / reference:5.2f}x  {row.note()}")
+    print(f"speed on {device} ({torch.get_num_threads()} torch threads, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores), {args.repeats} interleaved repeats; "
+          f"ratio = harness / reference, the median of the per-repeat ratios, with their range")
+    times = measure(rows, args.repeats, sync)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    report(rows, times)
 
 
 if __name__ == "__main__":
