@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import Attack, PassCounter
+from attacks.base import Attack, PassCounter, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
 
@@ -86,9 +86,8 @@ class Adaptive(Attack):
         unknown = [m for m in self.members if m not in MEMBERS]
         if unknown or not self.members or len(set(self.members)) != len(self.members):
             raise ValueError(f"members={self.members!r} is not valid: give distinct names from {', '.join(MEMBERS)}")
-        for name in ("apgd_steps", "apgd_restarts", "pgd_steps", "eot", "square_queries", "selection_draws"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "pgd_steps", "eot", "square_queries",
+                                    "selection_draws"))
         if self.max_escalations < 0 or not self.tolerance >= 0:
             raise ValueError(f"max_escalations and tolerance must be >= 0, got max_escalations="
                              f"{self.max_escalations}, tolerance={self.tolerance}")

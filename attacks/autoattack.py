@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from attacks.apgd import APGD
-from attacks.base import Attack, project
+from attacks.base import Attack, project, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
 
@@ -80,10 +80,8 @@ class AutoAttackBase(Attack):
         if unknown or not self.attacks:
             raise ValueError(f"unknown AutoAttack component(s) {unknown or self.attacks}; "
                              f"valid: {', '.join(AA_ATTACKS)}")
-        for name in ("apgd_steps", "apgd_restarts", "eot", "target_classes", "fab_steps", "fab_restarts",
-                     "square_queries", "selection_draws", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "eot", "target_classes", "fab_steps",
+                                    "fab_restarts", "square_queries", "selection_draws", "batch_size"))
 
     # --- the driver -----------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

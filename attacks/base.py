@@ -60,6 +60,16 @@ def straight_through(x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"purify returned shape {tuple(purified.shape)} for inputs {tuple(x.shape)}; BPDA needs the "
                      "input's shape, (k*B, ...) copy-major, or (k, B, ...)")
 
+def require_at_least_one(owner: object, names: tuple[str, ...], optional: bool = False) -> None:
+    """Raise ValueError naming the first setting in `names` whose value on `owner` is below 1 (with optional=True,
+    None is accepted: it stands for the default)."""
+    for name in names:
+        value = getattr(owner, name)
+        if value is None and optional:
+            continue
+        if value is None or value < 1:
+            default = " (or None for the default)" if optional else ""
+            raise ValueError(f"{name} must be >= 1{default}, got {value}")
 
 
 def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.base import require_at_least_one
 from attacks.eot import EOTPGD, eot_gradient
 from attacks.losses import check_loss
 from attacks.progress import Progress
@@ -70,12 +71,8 @@ class Budget:
 
     def __post_init__(self) -> None:
         check_loss(self.loss)
-        for name in ("steps", "square_queries", "eps_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eot", "draws"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (or None for the default), got {getattr(self, name)}")
+        require_at_least_one(self, ("steps", "square_queries", "eps_points"))
+        require_at_least_one(self, ("eot", "draws"), optional=True)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
 
