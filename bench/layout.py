@@ -21,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from defences.base import METADATA_FILE
+
 if TYPE_CHECKING:
     from bench.grid import EvalCell, Plan
 
@@ -31,7 +33,7 @@ CELLS = "cells"
 HISTORY = "history"
 QUARANTINE = "quarantine"
 DIAGNOSTICS = "diagnostics"
-STAGE_DONE = "defence.json"  # the name defences.base.Defence.save writes its metadata under
+STAGE_DONE = METADATA_FILE  # defences.base.Defence.save writes it last: the stage is done
 STAGE_FAILED = "failed.json"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"

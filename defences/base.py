@@ -32,6 +32,9 @@ from defences.atomic import unique_temp, write_json_atomic
 
 LOG = logging.getLogger("bench.defences")
 
+WEIGHTS_FILE = "defence.safetensors"  # a fitted defence's folder: its weights,
+METADATA_FILE = "defence.json"  # then its metadata, written last (its presence marks the fit complete)
+
 
 @dataclass(frozen=True)
 class ImageData:
@@ -201,20 +204,21 @@ class Defence(nn.Module):
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def save(self, folder: Path, metadata: dict[str, Any]) -> None:
-        """Weights as safetensors, then metadata as JSON (written last: its presence marks completion). Each
-        goes to a unique temporary file renamed into place, so a reader never sees half a file."""
+        """Weights as safetensors (WEIGHTS_FILE), then metadata as JSON (METADATA_FILE, written last: its presence
+        marks completion). Each goes to a unique temporary file renamed into place, so a reader never sees half a
+        file."""
         folder.mkdir(parents=True, exist_ok=True)
-        weights = folder / "defence.safetensors"
+        weights = folder / WEIGHTS_FILE
         tmp = unique_temp(weights)
         try:
             save_file(self.checkpoint_state(), str(tmp))
             tmp.replace(weights)
         finally:
             tmp.unlink(missing_ok=True)
-        write_json_atomic(folder / "defence.json", metadata)
+        write_json_atomic(folder / METADATA_FILE, metadata)
 
     def load(self, folder: Path) -> None:
-        state = load_file(str(folder / "defence.safetensors"))
+        state = load_file(str(folder / WEIGHTS_FILE))
         missing, unexpected = self.load_state_dict(state, strict=False)
         if not self.saves_classifier:
             missing = [k for k in missing if not k.startswith("classifier.")]

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from defences.base import Defence, FitContext, Task
+from defences.base import WEIGHTS_FILE, Defence, FitContext, Task
 from defences.carso.aggregation import aggregate
 from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
@@ -188,7 +188,7 @@ class Carso(Defence):
 
     def load(self, folder: Path) -> None:
         self._load_posterior(folder)
-        state = load_file(str(folder / "defence.safetensors"))
+        state = load_file(str(folder / WEIGHTS_FILE))
         expected = set(self.checkpoint_state())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
