@@ -104,9 +104,10 @@ def test_killed_training_and_evaluation_resume_to_identical_records(tmp_path: Pa
     monkeypatch.setattr(bench.evaluate, "_batch_result", spy)
     assert run_main(grid_args(interrupted)) == 0
     got = load_records(interrupted / "results" / "tiny" / "cells")
-    killed_seed = next(r for r in got if r["key"] == killed_key)["seed"]
-    assert not {derive_seed(killed_seed, killed_key, b) for b in done_batches} & set(computed)
-    assert {derive_seed(killed_seed, killed_key, b) for b in range(4) if b not in done_batches} <= set(computed)
+    killed = next(r for r in got if r["key"] == killed_key)  # batch b is seeded from the cell's settings key
+    killed_seed, killed_settings = killed["seed"], killed["settings_key"]
+    assert not {derive_seed(killed_seed, killed_settings, b) for b in done_batches} & set(computed)
+    assert {derive_seed(killed_seed, killed_settings, b) for b in range(4) if b not in done_batches} <= set(computed)
 
     # the same records, each written once, and the same weights
     assert comparable(got) == expected

@@ -267,3 +267,27 @@ def test_provenance_summary_reads_plan_json_too(tiny_grid):
     as_json = json.loads(json.dumps(plan.to_json()))
     assert records.provenance_summary([old], as_json)["stale"] == records.provenance_summary([old], plan)["stale"] \
         == [{"record": cell.label, "key": "feedfeedfeedfeed", "current_key": cell.key, "changed": ["data:x"]}]
+
+
+def test_changed_code_that_keeps_behaviour_reproduces_every_number(tiny_grid, edited_source, tmp_path):
+    """Seeds derive from the settings key, not the code fingerprint: after a (pretended) edit of the defence's and
+    the attack's source every key changes, the stage is retrained and the cell recomputed, and every number is
+    the same as before."""
+    def small(grid):
+        grid.update(n_examples=20, defences={"standard": {"name": "standard", "epochs": 1}},
+                    attacks={"pgd": {"name": "pgd", "steps": 2}})
+        grid["blocks"][0].update(defences=["standard"], attacks=["pgd"])
+
+    def run_into(folder: str) -> dict:
+        args = [a for a in tiny_grid(small) if not a.startswith(("results_dir=", "artifacts_dir="))]
+        assert run_main([*args, f"results_dir={tmp_path / folder}", f"artifacts_dir={tmp_path / folder / 'a'}"]) == 0
+        (path,) = (tmp_path / folder / "tiny_test" / "cells").glob("*.json")
+        return json.loads(path.read_text())
+
+    before = run_into("before")
+    edited_source("attacks/gradient.py", "defences/standard.py")
+    after = run_into("after")
+    assert after["key"] != before["key"] and after["settings_key"] == before["settings_key"]
+    assert after["fingerprint"] != before["fingerprint"]
+    for field in ("clean_acc", "robust_acc", "robust_ci", "per_example", "counts"):
+        assert after[field] == before[field], field
