@@ -12,7 +12,7 @@ from pathlib import Path
 from bench import layout
 from bench.conffiles import ConfigError
 from bench.grid import Plan, content_key
-from bench.records import write_json_atomic
+from defences.atomic import write_json_atomic
 
 
 def write_plan(plan: Plan, results_dir: Path) -> Path:

@@ -16,7 +16,6 @@ import math
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -153,27 +152,7 @@ def stage_failure(stage: TrainStage, error: str, **details: Any) -> dict[str, An
     return {"stage": stage.key, "label": stage.label, "error": error, **details}
 
 
-# --- files ------------------------------------------------------------------------------------------------
-
-def unique_temp(path: Path) -> Path:
-    """A temporary name beside `path`, unique across processes, threads and hosts sharing a filesystem."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a unique temporary file, fsync it, then rename over `path`: readers never see half a
-    file, and two writers never share a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_temp(path)
-    try:
-        with tmp.open("w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
+# --- files (written with defences.atomic.write_json_atomic) ----------------------------------------------
 
 def read_json(path: Path) -> Any:
     """A JSON file's content; None when it does not exist. Invalid JSON raises ValueError naming the file."""
