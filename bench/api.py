@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from attacks.base import Attack
+    from bench.options import EvalOptions
 
 LOG = logging.getLogger("bench.api")
 CELLS_FOLDER = "cells"
@@ -159,36 +160,32 @@ def evaluate(defence: nn.Module, attack: Attack | str, images: torch.Tensor, lab
     run_on = _device_of(defence, device)
     defence = defence.to(run_on).eval()
     stochastic = bool(getattr(defence, "stochastic", False))
-    n_draws = int(settings["stochastic_draws"] if stochastic else settings["draws"])
+    n_draws = settings.draws_for(stochastic)
     started = time.time()
     label = f"evaluate {type(defence).__name__} / {attack.registry_name or type(attack).__name__}"
-    batches = attack_batches(defence, attack, images, labels, n_draws, run_on, batch_size=int(settings["batch_size"]),
+    batches = attack_batches(defence, attack, images, labels, n_draws, run_on, batch_size=settings.batch_size,
                              seed=seed, settings_key=settings_key, label=label)
     fields = {**_provenance(attack, seed, settings, settings_key, started), "defence_name": type(defence).__name__,
               "defence_params": defence.settings() if callable(getattr(defence, "settings", None)) else {}}
     record = records.done_record(
-        fields, result_fields(batches, index_list, labels, stochastic, n_draws, settings["decision"]))
+        fields, result_fields(batches, index_list, labels, stochastic, n_draws, settings.decision))
     from bench.runtime import hardware_summary
 
     record.update(wall_seconds=time.time() - started, hardware=hardware_summary(run_on), finished_at=time.time())
     return record
 
 
-def eval_settings(**given: Any) -> dict[str, Any]:
-    """The grid's `eval.` settings: its defaults (bench.config.EVAL_DEFAULTS) with the given values, checked as
-    the command line checks them (ConfigError naming the key, the value and what is valid)."""
+def eval_settings(**given: Any) -> EvalOptions:
+    """The grid's `eval.` settings (bench.options.EvalOptions): its defaults with the given values that are not
+    None, checked as the command line checks them (ConfigError naming the key, the value and what is valid)."""
     from bench.conffiles import ConfigError
-    from bench.options import DECISIONS, EVAL_DEFAULTS
-    from bench.validation import SettingError, check_eval_setting
+    from bench.options import EvalOptions
+    from bench.validation import SettingError
 
-    settings = dict(EVAL_DEFAULTS)
-    for key, value in given.items():
-        if value is not None:
-            try:
-                settings[key] = check_eval_setting(key, value, DECISIONS)
-            except SettingError as error:
-                raise ConfigError(str(error)) from error
-    return settings
+    try:
+        return EvalOptions.from_dict({key: value for key, value in given.items() if value is not None})
+    except SettingError as error:
+        raise ConfigError(str(error)) from error
 
 
 def _built_attack(attack: Attack | str, settings: dict[str, Any]) -> Attack:
@@ -227,7 +224,7 @@ def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.dev
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _provenance(attack: Attack, seed: int, settings: dict[str, Any], settings_key: str,
+def _provenance(attack: Attack, seed: int, settings: EvalOptions, settings_key: str,
                 started: float) -> dict[str, Any]:
     from bench.records import SCHEMA_VERSION
     from bench.runtime import git_state, package_versions
@@ -238,7 +235,8 @@ def _provenance(attack: Attack, seed: int, settings: dict[str, Any], settings_ke
             "attack_name": attack_settings["name"], "attack_settings": attack_settings,
             "attack_budget": attack.budget(), "target": attack_settings.get("target"),
             "eps": attack_settings.get("eps"), "norm": attack_settings.get("norm"), "seed": int(seed),
-            "eval_settings": settings, "git_commit": commit, "git_dirty": dirty, "packages": package_versions(),
+            "eval_settings": settings.to_dict(), "git_commit": commit, "git_dirty": dirty,
+            "packages": package_versions(),
             "host": socket.gethostname(), "started_at": started}
 
 
