@@ -31,6 +31,21 @@ def digits8_data():
     return train_x, train_y, test_x, test_y
 
 
+@pytest.fixture(scope="session")
+def digits8_cnn():
+    """The tiny CNN the attack-agreement tests attack: seeded, fitted on all 1437 digits at 8x8 (10 epochs, one
+    thread), fitted once per session. Tests must not change it (deep-copy it first)."""
+    from bench.benchmarks.toys import TinyCNN, digits8, fit_classifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    train_x, train_y = digits8("train")
+    model = fit_classifier(TinyCNN(), train_x, train_y, epochs=10, seed=0)
+    torch.set_num_threads(threads)
+    return model
+
+
 TINY_GRID = {
     "description": "test grid",
     "n_examples": 24,

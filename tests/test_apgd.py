@@ -32,14 +32,12 @@ def data(digits8_data):
 
 
 @pytest.fixture(scope="module")
-def models(data):
+def models(data, digits8_cnn):
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cnn = fit_classifier(TinyCNN(), data[0], data[1], epochs=10, seed=0)
     torch.manual_seed(1)
     linear = LinearClassifier(torch.zeros(10, 64), torch.zeros(10))
     fit_classifier(linear, data[0], data[1], epochs=10, seed=0)
-    return {"cnn": cnn, "linear": linear}
+    return {"cnn": digits8_cnn, "linear": linear}
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,8 @@ def data(digits8_data):
 
 
 @pytest.fixture(scope="module")
-def cnn(data):
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    return fit_classifier(TinyCNN(), data[0], data[1], epochs=10, seed=0)
+def cnn(digits8_cnn):
+    return digits8_cnn
 
 
 @pytest.fixture(scope="module")
