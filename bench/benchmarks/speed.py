@@ -11,7 +11,9 @@ Rows (every ratio is harness time / reference time, both measured in this run, i
   `--rand-steps` APGD steps and `--eot` EOT samples, robust accuracy from 8 fresh draws per example;
 - CARSO forward (N = 8, the digits demo's purifier widths, 32x32, untrained weights: the cost does not depend on
   them) vs its classifier alone, now and through `unoptimised_forward` (the inference path as it was before the
-  speed work: all reconstructions decoded by the plain modules in chunks of `max_batch`);
+  speed work: all reconstructions decoded by the plain modules in chunks of `max_batch`), and against the
+  classifier with torch's own max-pooling (the denominator of earlier measurements);
+- the small CNN's forward and forward+input gradient with bench.zoo.pooling vs torch's MaxPool2d (same results);
 - batched vs looped APGD-EOT: the same APGD (10 steps, EOT 10) with the device's default batching
   (`attacks.apgd.apgd_max_batch`), and with all copies in one pass, vs one copy per pass (the loop), on the digits
   demo's small CNN (32x32) behind Gaussian noise (batch `--eot-batch`) and on the TinyCNN (8x8, batch `--n`);
@@ -26,6 +28,7 @@ measurement noise of this run, to read every other ratio against.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -54,12 +57,16 @@ class Row:
 
 
 def unoptimised_forward(carso: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """CARSO's forward as the plain composition of its modules (the code before the speed work): the reference
+    """CARSO's forward as the plain composition of its modules (the code before the speed work: compressors and
+    decoder with their BatchNorm layers, transposed convolutions in their own layout): the reference
     for its result (tests/test_carso_speed.py) and its time (here). Draws z exactly as `Carso.sample_logits`."""
     from defences.carso.aggregation import aggregate
+    from defences.carso.representation import capture
 
     purifier, n, batch = carso.purifier, carso.params.samples, x.shape[0]
-    code = carso.representation_code(x)
+    representation, _ = capture(carso.classifier, x, carso.layers)
+    flat = [encoder(tensor) for encoder, tensor in zip(purifier.layer_encoders, representation, strict=True)]
+    code = purifier.repr_encoder(torch.cat(flat, 1))
     z = torch.randn(n * batch, purifier.latent_size, device=code.device, dtype=code.dtype)
     codes, chunk, logits = code.repeat(n, 1), carso.params.max_batch, []
     for i in range(0, n * batch, chunk):
@@ -149,12 +156,29 @@ def carso_rows(device: torch.device, batch: int) -> list[Row]:
             return torch.autograd.grad(f(leaf).sum(), leaf)
         return run
 
+    torch_pooling = with_torch_pooling(classifier)
     return [Row(f"CARSO forward (N=8, batch {batch}) vs its classifier", no_grad(carso), no_grad(classifier)),
+            Row("CARSO forward vs its classifier with torch's MaxPool2d (the classifier before bench.zoo.pooling)",
+                no_grad(carso), no_grad(torch_pooling)),
             Row("CARSO forward, unoptimised path vs its classifier", no_grad(lambda v: unoptimised_forward(carso, v)),
                 no_grad(classifier)),
             Row("CARSO forward+backward vs classifier's", with_grad(carso), with_grad(classifier)),
             Row("CARSO forward+backward, unoptimised path", with_grad(lambda v: unoptimised_forward(carso, v)),
-                with_grad(classifier))]
+                with_grad(classifier)),
+            Row(f"small CNN forward (batch {batch}), bench.zoo.pooling vs torch's MaxPool2d", no_grad(classifier),
+                no_grad(torch_pooling)),
+            Row(f"small CNN forward+input gradient (batch {batch}), bench.zoo.pooling vs torch's MaxPool2d",
+                with_grad(classifier), with_grad(torch_pooling))]
+
+
+def with_torch_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose max-pooling layers are torch's own nn.MaxPool2d (the same weights)."""
+    plain = copy.deepcopy(model)
+    for parent in plain.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.MaxPool2d):
+                setattr(parent, name, torch.nn.MaxPool2d(child.kernel_size, child.stride))
+    return plain
 
 
 def apgd_eot_rows(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,

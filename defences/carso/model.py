@@ -1,7 +1,7 @@
 """`carso`: the CARSO defence (the CARSO paper): a frozen classifier plus a representation-conditional VAE purifier.
 
 Inference (decoder only): capture the classifier's representation of x, compress it, decode `samples`
-reconstructions from z ~ N(0, I), classify them all with the same classifier (chunks of `max_batch`),
+reconstructions from z ~ N(0, I), classify them all with the same classifier (in chunks: `chunk_size`),
 aggregate the logits into log-probabilities (`double_exp` by default). The whole pass is differentiable
 end to end and stochastic: two calls differ, the same torch seed gives the same output (z is drawn for
 all samples at once, so the result does not depend on the chunk size).
@@ -31,6 +31,7 @@ from defences.carso.training import posterior_kl, train_purifier
 from defences.fitting import accuracy
 
 PURIFIER_PREFIX = "purifier."
+CPU_MIN_ROWS = 64
 POSTERIOR_FILE = "posterior.safetensors"
 
 
@@ -98,12 +99,14 @@ class Carso(Defence):
         return torch.cat(logits).view(n, batch, -1)
 
     def chunk_size(self, batch: int) -> int:
-        """Reconstructions decoded and classified per pass: up to `max_batch`; on a CPU at most the batch itself
-        (one sample of every input per pass), whose activations stay in cache: 512 at once ran ~2x slower on
-        the digits CNN (bench/benchmarks/speed.py)."""
+        """Reconstructions decoded and classified per pass: up to `max_batch`; on a CPU the batch itself (one
+        sample of every input per pass) but at least CPU_MIN_ROWS: activations of ~64 32x32 images stay in
+        cache (512 at once ran ~2x slower on the digits CNN), and fewer rows per pass are mostly call overhead
+        (a batch of 9, as in an escalation round on the few points left: 1.5x faster forward with 64).
+        Measured in bench/benchmarks/speed.py and with the demo's CARSO."""
         if _module_device(self.purifier).type == "cuda":
             return self.params.max_batch
-        return max(1, min(self.params.max_batch, batch))
+        return max(1, min(self.params.max_batch, max(batch, CPU_MIN_ROWS)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return aggregate(self.sample_logits(self.representation_code(x)), self.params.aggregation)
@@ -117,7 +120,8 @@ class Carso(Defence):
     def bpda_forward(self, x: torch.Tensor) -> torch.Tensor:
         """forward's output (same z draws, same aggregation), the whole purifier (representation, code, decoder)
         seen as the identity in the backward pass: every decoded sample passes its gradient straight to x."""
-        n, batch, chunk = self.params.samples, x.shape[0], self.params.max_batch
+        n, batch = self.params.samples, x.shape[0]
+        chunk = self.chunk_size(batch)
         with torch.no_grad():
             code = self.representation_code(x)
             z = torch.randn(n * batch, self.purifier.latent_size, device=code.device, dtype=code.dtype)
