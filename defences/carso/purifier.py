@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 DECODER_STYLES = ("auto", "table10", "table11")
 SLOPE = 0.2
@@ -126,30 +125,6 @@ class Decoder(nn.Module):
         return hidden.contiguous()
 
 
-def _run_folded(layers: list[nn.Module], hidden: torch.Tensor) -> torch.Tensor:
-    """`layers` in eval mode with every BatchNorm folded into the convolution before it: one convolution
-    instead of convolution + normalisation, the same result to float rounding. Inference only: the folded
-    weights are new leaves, so no gradient reaches the parameters (the input's gradient is exact). Transposed
-    convolutions are not folded: on a CPU a bias makes them several times slower (bench/benchmarks/speed.py)."""
-    position = 0
-    while position < len(layers):
-        layer = layers[position]
-        following = layers[position + 1] if position + 1 < len(layers) else None
-        if isinstance(layer, nn.Conv2d) and isinstance(following, nn.BatchNorm2d):
-            hidden = _folded_convolution(layer, following, hidden)
-            position += 2
-            continue
-        hidden = layer(hidden)
-        position += 1
-    return hidden
-
-
-def _folded_convolution(conv: nn.Conv2d, norm: nn.BatchNorm2d, hidden: torch.Tensor) -> torch.Tensor:
-    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
-                                        norm.weight, norm.bias)
-    return F.conv2d(hidden, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
 def _is_stride_one_transpose(layer: nn.Module) -> bool:
     return (isinstance(layer, nn.ConvTranspose2d) and layer.stride == (1, 1) and layer.dilation == (1, 1)
             and layer.groups == 1 and layer.output_padding == (0, 0)
@@ -200,18 +175,8 @@ class Purifier(nn.Module):
         if len(representation) != len(self.layer_encoders):
             raise ValueError(f"got {len(representation)} representation tensors, the purifier was built for "
                              f"{len(self.layer_encoders)}")
-        flat = [self._compress(encoder, tensor) for encoder, tensor in
-                zip(self.layer_encoders, representation, strict=True)]
+        flat = [encoder(tensor) for encoder, tensor in zip(self.layer_encoders, representation, strict=True)]
         return self.repr_encoder(torch.cat(flat, dim=1))
-
-    def _compress(self, encoder: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-        """A layer's compressor; in eval mode with its BatchNorms folded and, on a CPU, on channels-last maps
-        (~1.4x faster there)."""
-        if self.training or tensor.dim() != 4 or not isinstance(encoder, nn.Sequential):
-            return encoder(tensor)
-        if tensor.device.type == "cpu":
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return _run_folded(list(encoder), tensor)  # its Flatten reads the maps in NCHW order whatever the layout
 
     def encode_input(self, x: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x, c): mean and log-variance."""
