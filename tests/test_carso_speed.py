@@ -3,7 +3,8 @@
 The reference (`bench.benchmarks.speed.unoptimised_forward`) decodes every reconstruction with the modules as
 declared (Linear on concat(z, code), transposed convolutions in their own layout) in chunks of `max_batch`; the
 fast path computes the code's share of the first layer once per input, runs the stride-1 transposed convolution
-as a plain one, uses channels-last on the CPU and chunks by the batch (at least 64 rows on a CPU). Same seed, same z: same logits.
+as a plain one, uses channels-last on the CPU and chunks by the batch (at least 64 rows on a CPU). Same seed, same
+z: same logits.
 """
 
 from __future__ import annotations

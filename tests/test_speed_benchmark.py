@@ -1,4 +1,4 @@
-"""The speed benchmark's bookkeeping: paired ratios, their median and range, and the alternating run order."""
+"""The speed benchmark's bookkeeping: paired ratios, their median and range, the warm-up, the alternating order."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def test_summary_is_the_median_of_paired_ratios_with_their_range():
     assert summary(pairs, "wall")[2] == pytest.approx(2.0)  # wall ratios 2.0, 3.0, 0.25
 
 
-def test_measure_alternates_which_side_runs_first_and_keeps_the_pairs_apart():
+def test_measure_warms_up_then_alternates_which_side_runs_first_and_keeps_the_pairs_apart():
     calls: list[str] = []
     row = Row("row", harness=lambda: calls.append("harness"), reference=lambda: calls.append("reference"))
     times = measure([row], repeats=3, sync=lambda: None)
-    assert calls == ["harness", "reference", "reference", "harness", "harness", "reference"]
+    warm_up = ["harness", "reference"]  # once each, untimed
+    assert calls == warm_up + ["harness", "reference", "reference", "harness", "harness", "reference"]
     assert len(times["row"]) == 3 and all(isinstance(t, Timing) for pair in times["row"] for t in pair)
