@@ -1,14 +1,13 @@
-"""bench.zoo.cpu_layers.MaxPool2d gives nn.MaxPool2d's outputs and gradients bit for bit, ties and NaN included."""
+"""bench.zoo.pooling.MaxPool2d gives nn.MaxPool2d's outputs and gradients bit for bit, ties and NaN included."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.benchmarks.speed import with_torch_pooling
 from bench.zoo.pooling import MaxPool2d
 from bench.zoo.small_cnn import SmallCNN
 
@@ -56,20 +55,13 @@ def test_other_settings_fall_back_to_torch(settings: dict) -> None:
     assert torch.equal(MaxPool2d(**settings)(x), nn.MaxPool2d(**settings)(x))
 
 
-def _with_torch_layers(model: nn.Module) -> nn.Module:
-    plain = copy.deepcopy(model)
-    for index, module in enumerate(plain.features):
-        if isinstance(module, nn.MaxPool2d):
-            plain.features[index] = nn.MaxPool2d(2)
-    return plain
-
-
 def test_small_cnn_logits_and_gradients_unchanged() -> None:
     """Same state dict; bit for bit the same logits and input gradients (an attack's pass) and weight gradients
     (a training step)."""
     torch.manual_seed(0)
     fast = SmallCNN(1, 10, 32)
-    reference = _with_torch_layers(fast)
+    reference = with_torch_pooling(fast)
+    assert [type(m) for m in reference.features if isinstance(m, nn.MaxPool2d)] == [nn.MaxPool2d] * 2
     assert fast.state_dict().keys() == reference.state_dict().keys()
     x, y = torch.rand(16, 1, 32, 32), torch.arange(16) % 10
     attack_pass = []

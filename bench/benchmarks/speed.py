@@ -256,8 +256,8 @@ def timed(run: Callable[[], object], sync: Callable[[], None]) -> Timing:
 
 def measure(rows: list[Row], repeats: int, sync: Callable[[], None]) -> dict[str, list[tuple[Timing, Timing]]]:
     """(harness, reference) timings per row and repeat; the order within a pair alternates between repeats. Each
-    callable runs once untimed first: first calls pay for kernel selection and allocation (a CARSO row's first
-    repeat ran 4x slower than its others)."""
+    callable runs once untimed first: first calls pay for kernel selection and allocation (without it the first
+    CARSO row's per-repeat ratios ranged 5.3x-21x)."""
     times: dict[str, list[tuple[Timing, Timing]]] = {row.name: [] for row in rows}
     for row in rows:
         row.harness()
