@@ -29,6 +29,7 @@ model one misclassified pass decides nothing, so every example runs every step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ def apgd_max_batch(x: torch.Tensor) -> int:
     batch = x.shape[0]
     if x.device.type == "cuda":
         return default_max_batch(x.device, batch)
-    return max(batch, 1, CPU_VALUES_PER_PASS // max(1, x[0].numel()))
+    return max(batch, 1, CPU_VALUES_PER_PASS // max(1, math.prod(x.shape[1:])))
 
 
 @dataclass
@@ -113,8 +114,10 @@ def eot_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
                  margins: bool = True) -> EOTEstimate:
     """The EOT copies of x (copy-major) in chunked forward/backward passes of at most `max_batch` examples.
     `margins=False` skips the margins (left at 0) where nobody reads them."""
+    if eot == 1 and (max_batch is None or max_batch >= x.shape[0]):  # the device defaults hold a whole batch
+        return _one_pass(model, x, y, 1, loss, y_target, margins)
     passes = eot_passes(x.shape[0], eot, max_batch or apgd_max_batch(x))
-    if len(passes) == 1:  # one pass holds everything (eot 1, or all copies at once): no accumulation
+    if len(passes) == 1:  # one pass holds everything (all copies at once): no accumulation
         return _one_pass(model, x, y, eot, loss, y_target, margins)
     grad = torch.zeros_like(x)
     loss_sum, correct, margin_sum = (torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for _ in range(3))
@@ -142,10 +145,12 @@ def _one_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int, l
         per_copy = loss_function(loss, targets)(logits, labels)
         grad, = torch.autograd.grad(per_copy.sum(), leaf)
     correct, margin_now = _correct_and_margin(logits.detach(), labels, margins)
-    correct, margin_now = correct.to(x.dtype), margin_now.to(x.dtype)
+    if correct.dtype != x.dtype:
+        correct, margin_now = correct.to(x.dtype), margin_now.to(x.dtype)
+    per_copy = per_copy.detach()
     if copies == 1:
-        return EOTEstimate(grad, per_copy.detach().to(x.dtype), correct, margin_now)
-    return EOTEstimate(grad / copies, per_copy.detach().view(copies, -1).mean(0).to(x.dtype),
+        return EOTEstimate(grad, per_copy if per_copy.dtype == x.dtype else per_copy.to(x.dtype), correct, margin_now)
+    return EOTEstimate(grad / copies, per_copy.view(copies, -1).mean(0).to(x.dtype),
                        correct.view(copies, -1).mean(0), margin_now.view(copies, -1).mean(0))
 
 
@@ -196,12 +201,17 @@ def _project_l2(x: torch.Tensor, point: torch.Tensor, eps: float) -> torch.Tenso
 
 
 def momentum_step(x: torch.Tensor, x_adv: torch.Tensor, previous: torch.Tensor, grad: torch.Tensor,
-                  step_size: torch.Tensor, eps: float, norm: str, momentum: float) -> torch.Tensor:
-    """z = P(x_adv + eta * direction(grad)); x_new = P(x_adv + momentum (z - x_adv) + (1 - momentum)(x_adv - prev))."""
+                  step_size: torch.Tensor, eps: float, norm: str, momentum: float,
+                  box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """z = P(x_adv + eta * direction(grad)); x_new = P(x_adv + momentum (z - x_adv) + (1 - momentum)(x_adv - prev)).
+
+    `box`: (x - eps, x + eps), for Linf, computed once per run by the caller (the same values as here)."""
     if norm == "Linf":
-        z = torch.clamp(torch.min(torch.max(x_adv + step_size * torch.sign(grad), x - eps), x + eps), 0.0, 1.0)
+        low, high = box if box is not None else (x - eps, x + eps)
+        # clamp(v, low, high) is min(max(v, low), high), element for element
+        z = torch.clamp(x_adv + step_size * torch.sign(grad), low, high).clamp_(0.0, 1.0)
         blended = x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum)
-        return torch.clamp(torch.min(torch.max(blended, x - eps), x + eps), 0.0, 1.0)
+        return torch.clamp(blended, low, high).clamp_(0.0, 1.0)
     z = _project_l2(x, x_adv + step_size * _normalise(grad, "L2"), eps)
     return _project_l2(x, x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum), eps)
 
@@ -242,6 +252,8 @@ class APGD:
         out.update({name: torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for name in
                     ("best_loss", "best_rate", "best_margin", "adv_rate", "adv_margin")})
         s = {"x": x, "y": y, "index": torch.arange(x.shape[0], device=x.device)}
+        if self.norm == "Linf":
+            s.update(low=x - self.eps, high=x + self.eps)
         if y_target is not None:
             s["y_target"] = y_target
         first = self.estimate(model, x_adv, s)
@@ -273,18 +285,20 @@ class APGD:
     def _step(self, model: nn.Module, s: dict[str, torch.Tensor], i: int) -> None:
         momentum = MOMENTUM if i > 0 else 1.0
         x_adv = momentum_step(s["x"], s["x_adv"], s["previous"], s["grad"], s["step_size"], self.eps, self.norm,
-                              momentum)
+                              momentum, (s["low"], s["high"]) if self.norm == "Linf" else None)
         s["previous"], s["x_adv"] = s["x_adv"], x_adv
         now = self.estimate(model, x_adv, s)
         s["grad"] = now.grad
-        fewer = (now.correct_rate < s["adv_rate"]) | ((now.correct_rate == s["adv_rate"]) & (now.correct_rate < 1))
-        s["least_correct"][fewer] = x_adv[fewer]
+        # fewer correct copies, or as few and not all correct (the latest such iterate): rates lie in [0, 1]
+        fewer = (now.correct_rate <= s["adv_rate"]) & (now.correct_rate < 1)
+        per_example = (-1,) + (1,) * (x_adv.dim() - 1)  # selects whole examples (one op, no boolean indexing)
+        s["least_correct"] = torch.where(fewer.view(per_example), x_adv, s["least_correct"])
         s["adv_rate"] = torch.where(fewer, now.correct_rate, s["adv_rate"])
         s["adv_margin"] = torch.where(fewer, now.margin, s["adv_margin"])
         s["loss_steps"][:, i] = now.loss
         higher = now.loss > s["loss_best"]
-        s["x_best"][higher] = x_adv[higher]
-        s["grad_best"][higher] = now.grad[higher]
+        s["x_best"] = torch.where(higher.view(per_example), x_adv, s["x_best"])
+        s["grad_best"] = torch.where(higher.view(per_example), now.grad, s["grad_best"])
         for name, value in (("loss_best", now.loss), ("best_rate", now.correct_rate), ("best_margin", now.margin)):
             s[name] = torch.where(higher, value, s[name])
 

@@ -8,6 +8,8 @@ model before it is returned: an attack that leaves the eps-ball or the image box
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -99,6 +101,24 @@ def attack_surface(model: nn.Module, target: str) -> nn.Module:
     raise ValueError(f"target={target!r} is not valid; valid: {', '.join(TARGETS)}")
 
 
+@contextmanager
+def no_weight_gradients(model: nn.Module) -> Iterator[None]:
+    """The model's parameters stop requiring gradients inside the block and are restored after (also on error).
+
+    Every attack runs inside it: attacks differentiate with respect to the input alone, so the backward pass
+    skips every weight gradient (the digits CNN's forward+backward ~13% faster, its input gradients bit for bit
+    the same) and cannot leave gradients in the parameters' .grad (an attack inside a training step,
+    pyautoattack's FAB calling .backward())."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
 class PassCounter(nn.Module):
     """Wraps a model and counts the examples sent forward and the examples whose gradient was taken."""
 
@@ -114,15 +134,24 @@ class PassCounter(nn.Module):
         return self.forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        batch = x.shape[0]
-        self.forward_examples += batch
+        # Counts go straight into __dict__ and the backward is counted by a bound method hooked on the output's
+        # autograd node: nn.Module.__setattr__, a closure per pass and Tensor.register_hook made up ~15 us of
+        # the counter's ~20 us a pass (a tensor hook only where the output has no node: a leaf).
+        state = self.__dict__
+        out = state["_modules"]["model"](x)
+        state["forward_examples"] += x.shape[0]
         if out.requires_grad:
-            def count_backward(grad: torch.Tensor) -> torch.Tensor:
-                self.backward_examples += batch
-                return grad
-            out.register_hook(count_backward)
+            if out.grad_fn is not None:
+                out.grad_fn.register_prehook(self._count_node_backward)
+            else:
+                out.register_hook(self._count_backward)
         return out
+
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.__dict__["backward_examples"] += grad.shape[0] if grad.dim() else 1
+
+    def _count_node_backward(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        self._count_backward(next(g for g in grads if g is not None))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -154,7 +183,8 @@ class Attack:
         """Perturb x within the threat model; forward/backward example counts accumulate in `self.counts`."""
         x = x.detach()
         counter = PassCounter(self.surface(model))
-        x_adv = self.perturb(counter, x, y).detach()
+        with no_weight_gradients(model):
+            x_adv = self.perturb(counter, x, y).detach()
         counts = self.__dict__.setdefault("counts", {"forward_examples": 0, "backward_examples": 0})
         counts["forward_examples"] += counter.forward_examples
         counts["backward_examples"] += counter.backward_examples

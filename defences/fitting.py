@@ -12,6 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from attacks.base import no_weight_gradients
+
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -32,14 +34,10 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """Eval mode and no weight gradients for `module` inside the block; both restored afterwards."""
-    flags = [p.requires_grad for p in module.parameters()]
     was_training = module.training
     module.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
     try:
-        yield
+        with no_weight_gradients(module):
+            yield
     finally:
-        for parameter, flag in zip(module.parameters(), flags, strict=True):
-            parameter.requires_grad_(flag)
         module.train(was_training)

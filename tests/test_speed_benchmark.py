@@ -1,10 +1,13 @@
-"""The speed benchmark's bookkeeping: paired ratios, their median and range, the warm-up, the alternating order."""
+"""The speed benchmark's bookkeeping: paired ratios, their median and range, the warm-up, the alternating order, and
+the arithmetic (FLOP) ratio its CARSO rows report as their floor."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
-from bench.benchmarks.speed import Row, Timing, measure, summary
+from bench.benchmarks.speed import Row, Timing, arithmetic_ratio, measure, summary
 
 
 def test_summary_is_the_median_of_paired_ratios_with_their_range():
@@ -25,3 +28,28 @@ def test_measure_warms_up_then_alternates_which_side_runs_first_and_keeps_the_pa
     warm_up = ["harness", "reference"]  # once each, untimed
     assert calls == warm_up + ["harness", "reference", "reference", "harness", "harness", "reference"]
     assert len(times["row"]) == 3 and all(isinstance(t, Timing) for pair in times["row"] for t in pair)
+
+
+def test_arithmetic_ratio_counts_the_flops_of_each_forward():
+    x = torch.rand(5, 64)
+    narrow, wide = nn.Linear(64, 10), nn.Linear(64, 30)
+    twice = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    assert arithmetic_ratio(wide, narrow, x) == pytest.approx(3.0)  # 2 * B * 64 * 30 vs 2 * B * 64 * 10
+    assert arithmetic_ratio(twice, narrow, x) == pytest.approx((64 * 64 + 64 * 10) / (64 * 10))
+
+
+def test_carso_arithmetic_is_at_least_its_classifier_passes():
+    """CARSO's forward classifies N reconstructions and captures the representation with one more classifier
+    pass, so its FLOPs are at least (N + 1) classifier forwards; the purifier's compressors and decoder add more."""
+    import defences
+    from bench.zoo.small_cnn import SmallCNN
+    from defences.base import Task
+
+    torch.manual_seed(0)
+    task = Task(dataset="digits", channels=1, height=32, width=32, num_classes=10, mean=(0.3,), std=(0.4,),
+                norm="Linf", eps=0.15)
+    classifier = SmallCNN(1, 10, 32).eval()
+    carso = defences.build("carso", classifier=classifier, task=task, decoder_channels=[64, 64, 32, 16, 8],
+                           samples=4).eval()
+    ratio = arithmetic_ratio(carso, classifier, torch.rand(3, 1, 32, 32))
+    assert 4 + 1 < ratio < 4 + 1 + 6

@@ -1,7 +1,7 @@
 """The harness against the reference tools, as time ratios measured in one run (median of `repeats`).
 
 `python -m bench.benchmarks.speed [--n 100] [--square 300] [--rand-steps 20] [--eot 5] [--carso-batch 60]
-[--eot-batch 64] [--repeats 3] [--threads 1] [--device cpu|cuda]`
+[--carso-paper-batch 4] [--eot-batch 64] [--repeats 3] [--threads 1] [--device cpu|cuda]`
 
 Rows (every ratio is harness time / reference time, both measured in this run, interleaved per repeat):
 - `aa` vs pyautoattack standard on a deterministic model (TinyCNN on 8x8 digits at eps 0.1, where about half the
@@ -12,7 +12,12 @@ Rows (every ratio is harness time / reference time, both measured in this run, i
 - CARSO forward (N = 8, the digits demo's purifier widths, 32x32, untrained weights: the cost does not depend on
   them) vs its classifier alone, now and through `unoptimised_forward` (the inference path as it was before the
   speed work: all reconstructions decoded by the plain modules in chunks of `max_batch`), and the same CARSO
-  with torch's own max-pooling in its classifier (what the pooling change gains CARSO);
+  with torch's own max-pooling in its classifier (what the pooling change gains CARSO); its note gives the
+  arithmetic ratio (FLOPs of the CARSO forward over the classifier's, torch's FLOP counter): the time ratio's
+  floor where every layer runs as efficiently as the classifier's;
+- CARSO forward in the CARSO paper's CIFAR-10 configuration (WRN-28-10 with the Table 5 layers, the Table 13
+  purifier, N = 8; untrained weights, `--carso-paper-batch` images, 0 to skip) vs its classifier, with its
+  arithmetic ratio;
 - the small CNN's forward and forward+input gradient with bench.zoo.pooling vs torch's MaxPool2d (same results);
 - batched vs looped APGD-EOT: the same APGD (10 steps, EOT 10) with the device's default batching
   (`attacks.apgd.apgd_max_batch`), and with all copies in one pass, vs one copy per pass (the loop), on the digits
@@ -131,6 +136,34 @@ def randaa_row(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args, d
                reference, lambda: f"robust ({DRAWS} draws) {results['harness']:.3f} vs {results['reference']:.3f}")
 
 
+def no_grad(f: Callable, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return f(x)
+    return run
+
+
+def with_grad(f: Callable, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        leaf = x.clone().requires_grad_(True)
+        return torch.autograd.grad(f(leaf).sum(), leaf)
+    return run
+
+
+def arithmetic_ratio(model: torch.nn.Module, reference: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs of model(x) over FLOPs of reference(x), as torch's FLOP counter counts them (convolutions and matrix
+    products): the floor of their time ratio where both run their layers equally efficiently."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(m: torch.nn.Module) -> int:
+        torch.manual_seed(0)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m(x)
+        return counter.get_total_flops()
+
+    return flops(model) / flops(reference)
+
+
 def carso_rows(device: torch.device, batch: int) -> list[Row]:
     import defences
     from bench.zoo.small_cnn import SmallCNN
@@ -143,36 +176,45 @@ def carso_rows(device: torch.device, batch: int) -> list[Row]:
     carso = defences.build("carso", classifier=classifier, task=task, decoder_channels=[64, 64, 32, 16, 8])
     carso = carso.to(device).eval()
     x = torch.rand(batch, 1, 32, 32, device=device)
-
-    def no_grad(f: Callable) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad():
-                return f(x)
-        return run
-
-    def with_grad(f: Callable) -> Callable[[], object]:
-        def run() -> object:
-            leaf = x.clone().requires_grad_(True)
-            return torch.autograd.grad(f(leaf).sum(), leaf)
-        return run
-
+    floor = arithmetic_ratio(carso, classifier, x)
     torch_pooling = with_torch_pooling(classifier)
     before = copy.deepcopy(carso)
     before.classifier = torch_pooling
-    return [Row(f"CARSO forward (N=8, batch {batch}) vs its classifier", no_grad(carso), no_grad(classifier)),
-            Row("CARSO forward, classifier with bench.zoo.pooling vs with torch's MaxPool2d", no_grad(carso),
-                no_grad(before)),
+    return [Row(f"CARSO forward (N=8, batch {batch}) vs its classifier", no_grad(carso, x), no_grad(classifier, x),
+                lambda: f"arithmetic {floor:.2f}x"),
+            Row("CARSO forward, classifier with bench.zoo.pooling vs with torch's MaxPool2d", no_grad(carso, x),
+                no_grad(before, x)),
             Row("CARSO forward+backward, classifier with bench.zoo.pooling vs with torch's MaxPool2d",
-                with_grad(carso), with_grad(before)),
-            Row("CARSO forward, unoptimised path vs its classifier", no_grad(lambda v: unoptimised_forward(carso, v)),
-                no_grad(classifier)),
-            Row("CARSO forward+backward vs classifier's", with_grad(carso), with_grad(classifier)),
-            Row("CARSO forward+backward, unoptimised path", with_grad(lambda v: unoptimised_forward(carso, v)),
-                with_grad(classifier)),
-            Row(f"small CNN forward (batch {batch}), bench.zoo.pooling vs torch's MaxPool2d", no_grad(classifier),
-                no_grad(torch_pooling)),
+                with_grad(carso, x), with_grad(before, x)),
+            Row("CARSO forward, unoptimised path vs its classifier",
+                no_grad(lambda v: unoptimised_forward(carso, v), x), no_grad(classifier, x)),
+            Row("CARSO forward+backward vs classifier's", with_grad(carso, x), with_grad(classifier, x)),
+            Row("CARSO forward+backward, unoptimised path", with_grad(lambda v: unoptimised_forward(carso, v), x),
+                with_grad(classifier, x)),
+            Row(f"small CNN forward (batch {batch}), bench.zoo.pooling vs torch's MaxPool2d", no_grad(classifier, x),
+                no_grad(torch_pooling, x)),
             Row(f"small CNN forward+input gradient (batch {batch}), bench.zoo.pooling vs torch's MaxPool2d",
-                with_grad(classifier), with_grad(torch_pooling))]
+                with_grad(classifier, x), with_grad(torch_pooling, x))]
+
+
+def carso_paper_rows(device: torch.device, batch: int) -> list[Row]:
+    """CARSO as the CARSO paper runs it on CIFAR-10: WRN-28-10, its default representation layers (Table 5) and
+    purifier (Table 13, decoder widths 256-32), N = 8."""
+    if batch < 1:
+        return []
+    import defences
+    from bench.zoo.wide_resnet import WideResNet
+    from defences.base import Task
+
+    torch.manual_seed(0)
+    task = Task(dataset="cifar10", channels=3, height=32, width=32, num_classes=10, mean=(0.5,) * 3,
+                std=(0.25,) * 3, norm="Linf", eps=8 / 255)
+    classifier = WideResNet(28, 10).to(device).eval()
+    carso = defences.build("carso", classifier=classifier, task=task).to(device).eval()
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    floor = arithmetic_ratio(carso, classifier, x)
+    return [Row(f"CARSO forward, CIFAR-10 paper configuration (WRN-28-10, N=8, batch {batch}) vs its classifier",
+                no_grad(carso, x), no_grad(classifier, x), lambda: f"arithmetic {floor:.2f}x")]
 
 
 def with_torch_pooling(model: torch.nn.Module) -> torch.nn.Module:
@@ -218,7 +260,8 @@ def build_rows(args, device: torch.device) -> list[Row]:
     stochastic = stochastic.to(device).eval()
     rows = [aa_row(f"aa vs pyautoattack standard (TinyCNN, Square {args.square})", cnn, x, y, args, device),
             aa_row(f"aa vs pyautoattack standard (10-class linear, Square {args.square})", linear, x, y, args, device),
-            randaa_row(stochastic, x, y, args, device), *carso_rows(device, args.carso_batch)]
+            randaa_row(stochastic, x, y, args, device), *carso_rows(device, args.carso_batch),
+            *carso_paper_rows(device, args.carso_paper_batch)]
     from bench.zoo.small_cnn import SmallCNN
 
     torch.manual_seed(0)
@@ -301,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rand-steps", type=int, default=20)
     parser.add_argument("--eot", type=int, default=5, help="EOT samples in both randAAs")
     parser.add_argument("--carso-batch", type=int, default=60)
+    parser.add_argument("--carso-paper-batch", type=int, default=4,
+                        help="images for the CIFAR-10 paper configuration's CARSO row (0: skip it)")
     parser.add_argument("--eot-batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
