@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.benchmarks.speed import Row, Timing, arithmetic_ratio, measure, summary
+from bench.benchmarks.speed import Row, Timing, arithmetic_ratio, digits_carso, measure, summary
 
 
 def test_summary_is_the_median_of_paired_ratios_with_their_range():
@@ -41,15 +41,6 @@ def test_arithmetic_ratio_counts_the_flops_of_each_forward():
 def test_carso_arithmetic_is_at_least_its_classifier_passes():
     """CARSO's forward classifies N reconstructions and captures the representation with one more classifier
     pass, so its FLOPs are at least (N + 1) classifier forwards; the purifier's compressors and decoder add more."""
-    import defences
-    from bench.zoo.small_cnn import SmallCNN
-    from defences.base import Task
-
-    torch.manual_seed(0)
-    task = Task(dataset="digits", channels=1, height=32, width=32, num_classes=10, mean=(0.3,), std=(0.4,),
-                norm="Linf", eps=0.15)
-    classifier = SmallCNN(1, 10, 32).eval()
-    carso = defences.build("carso", classifier=classifier, task=task, decoder_channels=[64, 64, 32, 16, 8],
-                           samples=4).eval()
+    carso, classifier = digits_carso(torch.device("cpu"), samples=4)
     ratio = arithmetic_ratio(carso, classifier, torch.rand(3, 1, 32, 32))
     assert 4 + 1 < ratio < 4 + 1 + 6

@@ -164,7 +164,9 @@ def arithmetic_ratio(model: torch.nn.Module, reference: torch.nn.Module, x: torc
     return flops(model) / flops(reference)
 
 
-def carso_rows(device: torch.device, batch: int) -> list[Row]:
+def digits_carso(device: torch.device, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(CARSO, its classifier) as the digits demo builds them (the small CNN, the demo's purifier widths), untrained,
+    in eval mode, seeded; `settings` override CARSO's (e.g. samples)."""
     import defences
     from bench.zoo.small_cnn import SmallCNN
     from defences.base import Task
@@ -173,8 +175,13 @@ def carso_rows(device: torch.device, batch: int) -> list[Row]:
     task = Task(dataset="digits", channels=1, height=32, width=32, num_classes=10, mean=(0.3,), std=(0.4,),
                 norm="Linf", eps=0.15)
     classifier = SmallCNN(1, 10, 32).to(device).eval()
-    carso = defences.build("carso", classifier=classifier, task=task, decoder_channels=[64, 64, 32, 16, 8])
-    carso = carso.to(device).eval()
+    carso = defences.build("carso", classifier=classifier, task=task, decoder_channels=[64, 64, 32, 16, 8],
+                           **settings)
+    return carso.to(device).eval(), classifier
+
+
+def carso_rows(device: torch.device, batch: int) -> list[Row]:
+    carso, classifier = digits_carso(device)
     x = torch.rand(batch, 1, 32, 32, device=device)
     floor = arithmetic_ratio(carso, classifier, x)
     torch_pooling = with_torch_pooling(classifier)
