@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.benchmarks.speed import Row, Timing, arithmetic_ratio, digits_carso, measure, summary
+from bench.benchmarks.speed import Row, Timing, arithmetic_ratio, digits_carso, main, measure, summary
 
 
 def test_summary_is_the_median_of_paired_ratios_with_their_range():
@@ -44,3 +44,10 @@ def test_carso_arithmetic_is_at_least_its_classifier_passes():
     carso, classifier = digits_carso(torch.device("cpu"), samples=4)
     ratio = arithmetic_ratio(carso, classifier, torch.rand(3, 1, 32, 32))
     assert 4 + 1 < ratio < 4 + 1 + 6
+
+
+def test_a_negative_paper_batch_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--carso-paper-batch", "-5"])
+    assert exit_info.value.code == 2
+    assert "--carso-paper-batch must be >= 0 (0 skips that row), got -5" in capsys.readouterr().err

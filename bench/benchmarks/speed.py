@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.carso_paper_batch < 0:
+        parser.error(f"--carso-paper-batch must be >= 0 (0 skips that row), got {args.carso_paper_batch}")
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
