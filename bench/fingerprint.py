@@ -7,7 +7,8 @@ produced it are unchanged. The boundary:
   ones included) of the modules that produce the result, for a stage: the defence class's module (a user
   module included), `defences.base` (and through it the seeding, `attacks.seeding`, and the registry's
   `coerce_params`, which builds the settings), the classifier zoo, the data loaders, scenarios, `bench.runtime`
-  and the stage runner `bench.training_stage`; for a cell: the attack class's module, `attacks` core (base,
+  and the stage runner `bench.training_stage` (and through it `bench.options`, whose `EvalOptions.draws_for`
+  picks each cell's number of draws); for a cell: the attack class's module, `attacks` core (base,
   protocol, losses) and the evaluation protocol in `bench.evaluate` (plus, through the stage key, everything
   of its stage). Parent packages' `__init__` files count.
 - **Attacks built by name** are followed too: an attack (or a defence) that builds others through the
@@ -44,7 +45,7 @@ NOT_RESULT_CODE = (
     "bench.reporting", "bench.report", "bench.status", "bench.run", "bench.diagnose", "bench.executors",
     "bench.jobs", "attacks.progress", "bench.records", "defences.atomic", "bench.config", "bench.grid",
     "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
-    "attacks.diagnostics", "bench.layout", "bench.options", "bench.logs", "bench.planfile", "bench.jobbook",
+    "attacks.diagnostics", "bench.layout", "bench.logs", "bench.planfile", "bench.jobbook",
     "bench.conffiles",
 )
 STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime", "bench.training_stage")
