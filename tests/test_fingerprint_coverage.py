@@ -5,6 +5,10 @@ attack, `stage_code` for a defence), or be named in EXCLUDED with the reason it 
 Also: attacks built by name (`registry_members`: built-ins, entry points, `package.module:Class` names, members of
 members) are followed, so that editing a member of `adaptive`, `aa` or `randaa` changes those cells' keys and
 marks a finished cell stale; and NOT_RESULT_CODE names only modules that exist.
+
+Two modules that run everywhere are inside the fingerprints rather than excluded, since a number depends on
+them: attacks/registry.py (it resolves which class a name runs, and `coerce_params` builds its settings) and
+bench/options.py (`EvalOptions.draws_for` picks the number of draws that judge each example).
 """
 
 from __future__ import annotations
