@@ -65,6 +65,7 @@ class Adaptive(Attack):
     2.5 * eps / steps for the round's step count. Grids scale the budgets down where time is short.
     """
 
+    registry_members = MEMBERS  # what build_member builds: the code fingerprint follows these names
     members: list[str] = field(default_factory=lambda: list(MEMBERS))
     apgd_steps: int = 100
     apgd_restarts: int = 1

@@ -166,6 +166,8 @@ class Attack:
 
     code_version: ClassVar[str] = "1"
     registry_name: ClassVar[str] = ""
+    # The registry names this attack builds (`attacks.build`) when it runs; its code fingerprint follows them.
+    registry_members: ClassVar[tuple[str, ...]] = ()
 
     eps: float = 8 / 255
     norm: str = "Linf"

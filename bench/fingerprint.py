@@ -5,12 +5,22 @@ produced it are unchanged. The boundary:
 
 - **Code** is the source of every project module in the import closure (imports anywhere in a module, lazy
   ones included) of the modules that produce the result, for a stage: the defence class's module (a user
-  module included), `defences.base` (and through it the seeding, `attacks.seeding`), the classifier zoo, the
-  data loaders, scenarios and `bench.runtime`; for a cell: the attack class's module, `attacks` core (base,
-  protocol, losses) and the evaluation protocol in `bench.evaluate` (plus, through the stage key, everything of
-  its stage). Parent
-  packages' `__init__` files count. Modules that only plan, run, lock, record, report or diagnose results
-  (NOT_RESULT_CODE) are outside the boundary: changing the report never invalidates a result.
+  module included), `defences.base` (and through it the seeding, `attacks.seeding`, and the registry's
+  `coerce_params`, which builds the settings), the classifier zoo, the data loaders, scenarios, `bench.runtime`
+  and the stage runner `bench.training_stage` (and through it `bench.options`, whose `EvalOptions.draws_for`
+  picks each cell's number of draws); for a cell: the attack class's module, `attacks` core (base,
+  protocol, losses) and the evaluation protocol in `bench.evaluate` (plus, through the stage key, everything
+  of its stage). Parent packages' `__init__` files count.
+- **Attacks built by name** are followed too: an attack (or a defence) that builds others through the
+  registry (`attacks.build(name)`, e.g. `adaptive`'s members) lists their names in its `registry_members`;
+  each name is resolved as `attacks.build` resolves it (a built-in, a `bench.attacks` entry point or a
+  `package.module:Class`) and the module of the class it gives joins the roots, with the closure of that
+  module and the class's own `registry_members`, recursively.
+- Modules that only plan, run, lock, record, report, log progress or diagnose results (NOT_RESULT_CODE) are
+  outside the boundary: changing the report never invalidates a result. tests/test_fingerprint_coverage.py
+  runs every registered attack and defence under an execution tracer and checks that every project module
+  that runs is inside the fingerprint or is one of those, excluded there with the reason it cannot change a
+  number.
 - **Inputs** are the content hashes (SHA-256, cached by path, size and mtime) of a `file:` classifier's weights,
   a RobustBench checkpoint in model_dir, and the dataset's files under the data root (folders of more than
   MAX_HASHED_FILES files, the image-folder datasets, by a manifest of their relative paths and sizes).
@@ -27,18 +37,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attacks.registry import UnknownNameError
 from bench.hashing import file_digest
 
 PROJECT_PACKAGES = ("attacks", "defences", "bench")
 NOT_RESULT_CODE = (
     "bench.reporting", "bench.report", "bench.status", "bench.run", "bench.diagnose", "bench.executors",
     "bench.jobs", "attacks.progress", "bench.records", "defences.atomic", "bench.config", "bench.grid",
-    "attacks.registry",
     "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
-    "bench.listing", "bench.paper_numbers", "attacks.diagnostics", "bench.layout", "bench.options", "bench.logs",
-    "bench.planfile", "bench.jobbook", "bench.conffiles",
+    "attacks.diagnostics", "bench.layout", "bench.logs", "bench.planfile", "bench.jobbook",
+    "bench.conffiles",
 )
-STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime")
+STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime", "bench.training_stage")
 CELL_ROOTS = ("attacks.base", "attacks.protocol", "attacks.losses", "bench.evaluate")
 MAX_HASHED_FILES = 64
 DATASET_FOLDERS = {
@@ -122,11 +132,42 @@ def _display_path(path: str) -> str:
 
 
 def stage_code(defence_class: type) -> dict[str, str]:
-    return code_closure((defence_class.__module__, *STAGE_ROOTS))
+    """The code fingerprint of a training stage of `defence_class` (its base stage's is added by the planner)."""
+    return code_closure((*component_modules(defence_class), *STAGE_ROOTS))
 
 
 def cell_code(attack_class: type) -> dict[str, str]:
-    return code_closure((attack_class.__module__, *CELL_ROOTS))
+    """The code fingerprint of a cell of `attack_class` (its stage's fingerprint is added by the planner)."""
+    return code_closure((*component_modules(attack_class), *CELL_ROOTS))
+
+
+def component_modules(component: type) -> tuple[str, ...]:
+    """The module of `component` and those of the attacks it builds by name (`registry_members`), resolved as
+    `attacks.build` resolves them (built-ins, `bench.attacks` entry points, `package.module:Class`), and so on
+    for their own members."""
+    import attacks
+
+    modules, todo, seen = set(), [component], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        modules.add(cls.__module__)
+        names = getattr(cls, "registry_members", ())
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"{_class_path(cls)}.registry_members must be a tuple of attack names, got {names!r}")
+        for name in names:
+            try:
+                todo.append(attacks.REGISTRY.get_class(name))
+            except (ImportError, TypeError, ValueError) as error:
+                raise UnknownNameError(f"{_class_path(cls)} builds attack {name!r} by name (registry_members), "
+                                       f"which does not resolve: {error}") from error
+    return tuple(sorted(modules))
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 # --- input files --------------------------------------------------------------------------------------

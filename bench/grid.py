@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -198,6 +199,14 @@ def _resolve_attack(spec: dict[str, Any], scenario_norm: str, scenario_eps: floa
     return name, attack
 
 
+def _code_of(fingerprint: Callable[[type], dict[str, str]], cls: type, where: str) -> dict[str, str]:
+    """`fingerprint(cls)`; a member it declares that does not resolve is the grid entry's error."""
+    try:
+        return fingerprint(cls)
+    except (UnknownNameError, TypeError) as error:
+        raise ConfigError(_located(where, error)) from error
+
+
 def _located(where: str, error: Exception) -> str:
     message = str(error)
     return message if message.startswith(where) else f"{where}: {message}"
@@ -233,7 +242,8 @@ class _Planner:
         cls = defences.REGISTRY.get_class(name)
         identity = {"scenario": scenario.identity(), "defence": name, "params": params, "seed": seed,
                     "code_version": cls.code_version, "base": base.settings_key if base else None}
-        fingerprint = {"stage_code": {**(base.fingerprint["stage_code"] if base else {}), **stage_code(cls)},
+        code = _code_of(stage_code, cls, f"defences.{defence_key}")
+        fingerprint = {"stage_code": {**(base.fingerprint["stage_code"] if base else {}), **code},
                        "stage_inputs": {**(base.fingerprint["stage_inputs"] if base else {}),
                                         **stage_inputs(scenario, self.config.options)}}
         key = content_key({**identity, "base": base.key if base else None, **fingerprint})
@@ -252,7 +262,7 @@ class _Planner:
         identity = {"stage": stage.settings_key, "attack": attack.settings(),
                     "attack_code_version": type(attack).code_version, "eval": self.eval_options.to_dict(),
                     "n_examples": n_examples, "seed": stage.seed, "test_subset_seed": scenario.test_subset_seed}
-        fingerprint = {"code": cell_code(type(attack)), **stage.fingerprint}
+        fingerprint = {"code": _code_of(cell_code, type(attack), f"attacks.{attack_key}"), **stage.fingerprint}
         key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"]})
         if key in self.cells:
             return

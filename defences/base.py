@@ -150,6 +150,9 @@ class Defence(nn.Module):
     stochastic: ClassVar[bool] = False
     has_purifier: ClassVar[bool] = False
     saves_classifier: ClassVar[bool] = True
+    # The attack registry names this defence builds (`attacks.build`) to fit or to classify; its stage's code
+    # fingerprint follows them.
+    registry_members: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Params:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny grid on the digits data that trains and attacks in seconds."""
+"""Shared fixtures: a tiny grid on the digits data that trains and attacks in seconds, and pretended source edits."""
 
 from __future__ import annotations
 
@@ -77,3 +77,21 @@ def tiny_grid(tmp_path: Path):
                 "device=cpu", "log_level=WARNING"]
 
     return make
+
+
+@pytest.fixture
+def edited_source(monkeypatch):
+    """Pretend that some files' source changed (a comment appended), for the fingerprints only."""
+    from bench import fingerprint
+
+    edited: set[str] = set()
+    original = fingerprint._read_source
+
+    def read(path: str) -> bytes:
+        text = original(path)
+        return text + b"\n# changed\n" if any(path.endswith(name) for name in edited) else text
+
+    monkeypatch.setattr(fingerprint, "_read_source", read)
+    fingerprint._code_closure.cache_clear()
+    yield lambda *names: (edited.update(names), fingerprint._code_closure.cache_clear())
+    fingerprint._code_closure.cache_clear()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import fingerprint, records
+from bench import records
 from bench.config import compose
 from bench.grid import Plan, expand
 from bench.layout import record_path
@@ -22,22 +22,6 @@ from bench.locks import WorkLock
 from bench.run import main as run_main
 from bench.run import plan_state
 from defences.atomic import write_json_atomic
-
-
-@pytest.fixture
-def edited_source(monkeypatch):
-    """Pretend that some files' source changed (a comment appended), for the fingerprints only."""
-    edited: set[str] = set()
-    original = fingerprint._read_source
-
-    def read(path: str) -> bytes:
-        text = original(path)
-        return text + b"\n# changed\n" if any(path.endswith(name) for name in edited) else text
-
-    monkeypatch.setattr(fingerprint, "_read_source", read)
-    fingerprint._code_closure.cache_clear()
-    yield lambda *names: (edited.update(names), fingerprint._code_closure.cache_clear())
-    fingerprint._code_closure.cache_clear()
 
 
 def with_eot(grid):
