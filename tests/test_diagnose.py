@@ -221,6 +221,15 @@ def test_cli_rejects_an_unknown_loss_before_any_work(tmp_path, capsys):
     assert "loss='hinge' is not valid; valid: ce, margin, dlr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("setting", "message"), [("alpha=1.5", "alpha must be in (0, 1), got 1.5"),
+                                                   ("min_count=0", "min_count must be >= 1, got 0")])
+def test_cli_rejects_a_bad_threshold_before_any_work(tmp_path, capsys, setting, message):
+    code = main(["grid=demo", "cell=digits/standard/pgd", setting, f"results_dir={tmp_path}",
+                 f"artifacts_dir={tmp_path}"])
+    assert code == 2
+    assert f"invalid diagnostics budget: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_writes_the_diagnostics_file(tmp_path):
     code = main(["grid=demo", "cell=digits/standard/pgd", "n=30", "steps=4", "square_queries=50",
