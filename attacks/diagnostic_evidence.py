@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from attacks.eot import eot_gradient
+from attacks.exact_tests import sign_test
 from attacks.gradient import random_start
 from attacks.losses import attack_loss
-from attacks.stats import sign_test
 
 MAX_LISTED = 20  # example indices listed in a flag's evidence
 # Relative change beyond which two outputs differ: a float reduction in another order moves them by ~1e-6.
@@ -72,6 +72,31 @@ def paired_flag(rule: Rule, test: str, more: torch.Tensor, fewer: torch.Tensor, 
     raised, evidence = verdict(rule, test, count, {more_name: count, fewer_name: other}, sign_test(count, other),
                                **conditions)
     return raised, {**evidence, "examples": indices(more)}
+
+
+class _ZeroGradientPath(nn.Module):
+    """A model whose output has no autograd path to its input (a hard vote, say), plus an exact zero that depends on
+    the input: its gradients come out as the zeros they are instead of an autograd error."""
+
+    def __init__(self, model: nn.Module, stochastic: bool):
+        super().__init__()
+        self.model, self.stochastic = model, stochastic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if x.requires_grad and not out.requires_grad:
+            out = out + (x * 0).flatten(1).sum(1, keepdim=True).to(out.dtype)
+        return out
+
+
+def with_gradient_path(model: nn.Module, x: torch.Tensor, stochastic: bool) -> tuple[nn.Module, bool, int]:
+    """(the model to attack, whether its output has an autograd path to the input, its number of classes) from one
+    pass on x[:1]; a model without the path is wrapped in `_ZeroGradientPath`."""
+    with torch.enable_grad():
+        out = model(x[:1].detach().requires_grad_(True))
+    if out.requires_grad:
+        return model, True, out.shape[1]
+    return _ZeroGradientPath(model, stochastic), False, out.shape[1]
 
 
 @torch.no_grad()

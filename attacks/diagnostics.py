@@ -3,7 +3,7 @@
 
 Every flag is named, raised or not, and carries the evidence behind it. A flag is raised only when its evidence
 is significant: the examples that bear it are counted, the count is tested where chance could explain it
-(exact binomial tests, attacks/stats.py) at level `alpha`, and it must reach `min_count`
+(exact binomial tests, attacks/exact_tests.py) at level `alpha`, and it must reach `min_count`
 (attacks/diagnostic_evidence.py: the evidence names the test, its p-value, alpha, the counts and the minimum):
 - `zero_or_nonfinite_gradients`: input gradients of the margin loss or of cross-entropy that are exactly
   zero while the model is not flat in the eps-ball (a quantising or otherwise non-differentiable layer; a
@@ -45,12 +45,22 @@ import torch
 from torch import nn
 
 from attacks.base import require_at_least_one
-from attacks.diagnostic_evidence import Flag, Rule, discordant, gradient_flag, paired_flag, stability_flags, verdict
+from attacks.diagnostic_evidence import (
+    Flag,
+    Rule,
+    discordant,
+    gradient_flag,
+    paired_flag,
+    stability_flags,
+    verdict,
+    with_gradient_path,
+)
 from attacks.eot import EOTPGD
+from attacks.exact_tests import binomial_upper_tail, mcnemar_exact
 from attacks.losses import check_loss
 from attacks.progress import Progress
 from attacks.protocol import evaluate_correctness, summarise_draws
-from attacks.stats import binomial_upper_tail, mcnemar_exact, wilson_interval
+from attacks.stats import wilson_interval
 
 LOG = logging.getLogger("attacks.diagnostics")
 FLAGS = (
@@ -237,8 +247,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
     eot, draws = _eot_and_draws(settings, stochastic)
     eps_max = settings.eps_max or (0.95 if norm == "Linf" else 0.95 * math.sqrt(x[0].numel()))
-    with torch.no_grad():
-        num_classes = model(x[:1]).shape[1]
+    model, connected, num_classes = with_gradient_path(model, x, stochastic)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})
     grid = eps_grid(eps, eps_max, settings.eps_points)
@@ -251,6 +260,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     torch.manual_seed(settings.seed)
     report.flags["zero_or_nonfinite_gradients"] = gradient_flag(model, x, y, eps, norm, eot, settings.max_batch,
                                                                 settings.rule)
+    report.flags["zero_or_nonfinite_gradients"].evidence["autograd_path_to_input"] = connected
     report.flags["loss_masking_ce_vs_margin"] = _loss_masking_flag(runner, eps, settings.steps, eot, x.shape[0])
     _eps_check(runner, report, grid)
     _steps_check(runner, report, step_counts)

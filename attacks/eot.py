@@ -78,9 +78,7 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
             labels = y[examples] if copies == 1 else y[examples].repeat(copies)
             logits = model(leaf if copies == 1 else leaf.repeat(copies, *ones))
             per_sample = attack_loss(logits, labels, loss)
-            # an output with no autograd path to the input (a hard vote, say) is piecewise constant: gradient 0
-            step_grad = torch.autograd.grad(per_sample.sum(), leaf)[0] if per_sample.requires_grad \
-                else torch.zeros_like(leaf)
+            step_grad, = torch.autograd.grad(per_sample.sum(), leaf)
         grad[examples] += step_grad
         correct[samples, examples] = (logits.detach().argmax(1) == labels).view(-1, leaf.shape[0])
         losses[samples, examples] = per_sample.detach().view(-1, leaf.shape[0])

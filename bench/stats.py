@@ -1,7 +1,7 @@
 """Confidence intervals and tests for accuracies: paired differences and spread across seeds.
 
-- `wilson_interval` (one accuracy) and `mcnemar_exact` live in attacks/stats.py, where the evaluation protocol
-  and the diagnostics need them (imported here for the report).
+- `wilson_interval` (one accuracy) lives in attacks/stats.py, `mcnemar_exact` in attacks/exact_tests.py, where the
+  evaluation protocol and the diagnostics need them (imported here for the report).
 - `paired_comparison`: two classifiers (defences, attacks) judged on the SAME examples: the difference of their
   accuracies with Newcombe's hybrid-score interval for paired proportions (Newcombe 1998, "Improved confidence
   intervals for the difference between binomial proportions based on paired data", Statistics in Medicine
@@ -18,7 +18,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from attacks.stats import Z_95, mcnemar_exact, wilson_interval
+from attacks.exact_tests import mcnemar_exact
+from attacks.stats import Z_95, wilson_interval
 
 
 def newcombe_paired_interval(both: float, first_only: float, second_only: float, neither: float,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.stats import binomial_upper_tail, sign_test, wilson_interval
+from attacks.exact_tests import binomial_upper_tail, sign_test
+from attacks.stats import wilson_interval
 from bench.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, spread
 
 
