@@ -1,6 +1,7 @@
 """Confidence intervals and tests for accuracies: paired differences and spread across seeds.
 
-- `wilson_interval` (one accuracy) lives in attacks/stats.py, where the evaluation protocol needs it.
+- `wilson_interval` (one accuracy) lives in attacks/stats.py, `mcnemar_exact` in attacks/exact_tests.py, where the
+  evaluation protocol and the diagnostics need them (imported here for the report).
 - `paired_comparison`: two classifiers (defences, attacks) judged on the SAME examples: the difference of their
   accuracies with Newcombe's hybrid-score interval for paired proportions (Newcombe 1998, "Improved confidence
   intervals for the difference between binomial proportions based on paired data", Statistics in Medicine
@@ -17,23 +18,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from attacks.exact_tests import mcnemar_exact
 from attacks.stats import Z_95, wilson_interval
-
-
-def mcnemar_exact(first_only: int, second_only: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts (first right / second wrong, and vice versa).
-
-    Under the null both kinds of discordant pair are equally likely: P = min(1, 2 P(X <= min(b, c))) with
-    X ~ Binomial(b + c, 1/2), the same as scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue.
-    """
-    b, c = int(first_only), int(second_only)
-    if b < 0 or c < 0:
-        raise ValueError(f"discordant counts must be >= 0, got {b} and {c}")
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def newcombe_paired_interval(both: float, first_only: float, second_only: float, neither: float,

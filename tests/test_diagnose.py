@@ -13,6 +13,7 @@ from torch import nn
 
 import attacks
 from attacks.diagnostics import FLAGS, check_loss_masking, eps_grid, gradient_flag
+from bench.benchmarks.diagnostic_toys import DoubleExpEnsemble, ScaledLogits, fit_adversarially
 from bench.benchmarks.toys import NoisyDefence, QuantisingDefence, TinyCNN, fit_classifier, toy_task
 from bench.conffiles import ConfigError
 from bench.config import compose
@@ -74,11 +75,14 @@ def test_quantising_input_layer_is_flagged(quantised, data):
     report = attacks.diagnose(quantised, x, y, eps=0.15, **FAST)
     flags = report.flags
     assert flags["zero_or_nonfinite_gradients"].raised
-    assert flags["zero_or_nonfinite_gradients"].evidence["zero_margin_gradient"] == N
+    assert flags["zero_or_nonfinite_gradients"].evidence["counts"]["zero_margin_gradient"] == N
+    assert flags["zero_or_nonfinite_gradients"].evidence["counts"]["zero_gradient_where_flat"] == 0
     assert flags["not_below_chance_at_large_eps"].raised
     assert flags["not_below_chance_at_large_eps"].evidence["accuracy"] == pytest.approx(accuracy(quantised, x, y))
     assert flags["black_box_beats_white_box"].raised
     assert flags["black_box_beats_white_box"].evidence["points_only_black_box_breaks"] > N // 2
+    black_box = flags["black_box_beats_white_box"].evidence
+    assert black_box["counts"]["white_box_only"] == 0 and black_box["p_value"] < black_box["alpha"] == 0.01
 
 
 def test_bpda_breaks_the_quantising_model_where_plain_pgd_cannot(quantised, data):
@@ -110,6 +114,7 @@ def test_randomness_in_a_model_that_claims_determinism_is_flagged(cnn, data):
     assert not report.stochastic
     assert report.flags["unstable_deterministic_predictions"].raised
     assert report.flags["unstable_deterministic_predictions"].evidence["changed_predictions"] > 0
+    assert report.flags["unstable_deterministic_predictions"].evidence["counts"]["changed_logits"] == N
 
 
 def test_randomness_shared_across_a_batch_is_flagged_and_per_example_noise_is_not(cnn, data):
@@ -122,6 +127,8 @@ def test_randomness_shared_across_a_batch_is_flagged_and_per_example_noise_is_no
     per_example_report = attacks.diagnose(per_example, x[:20], y[:20], eps=0.1, **budget)
     assert not per_example_report.flags["identical_copies_in_batch"].raised
     assert per_example_report.curves["eot"]["x"] == [1.0, 2.0, 4.0]
+    assert shared_report.flags["identical_copies_in_batch"].evidence["counts"] == {
+        "identical_in_batch_only": 20, "identical_across_passes_only": 0}
 
 
 class BandModel(nn.Module):
@@ -135,13 +142,16 @@ class BandModel(nn.Module):
         return torch.stack([torch.zeros_like(s), torch.log(share * total), torch.log((1 - share) * total)], 1)
 
 
-def test_silent_success_is_flagged():
+def test_silent_success_is_flagged_only_with_enough_points():
     model = BandModel()
-    x, y = torch.full((4, 1, 5, 5), 0.3), torch.zeros(4, dtype=torch.long)
+    x, y = torch.full((10, 1, 5, 5), 0.3), torch.zeros(10, dtype=torch.long)
     report = attacks.diagnose(model, x, y, eps=0.3, steps=20, square_queries=20, eps_points=2)
     flag = report.flags["silent_success"]
-    assert flag.raised and flag.evidence["points"] == 4
+    assert flag.raised and flag.evidence["points"] == 10 and flag.evidence["p_value"] == 0.5**10
     assert flag.evidence["final_accuracy"] == 1.0 and flag.evidence["accuracy_if_best_iterate_kept"] == 0.0
+    # four such points are no evidence: 4 < min_count, and 0.5^4 is not below alpha
+    few = attacks.diagnose(model, x[:4], y[:4], eps=0.3, steps=20, square_queries=20, eps_points=2)
+    assert few.flags["silent_success"].evidence["points"] == 4 and not few.flags["silent_success"].raised
 
 
 def test_bad_budgets_are_clear_errors(cnn, data):
@@ -152,6 +162,10 @@ def test_bad_budgets_are_clear_errors(cnn, data):
         attacks.diagnose(cnn, x, y, eps=0.1, steps=0)
     with pytest.raises(ValueError, match="norm='L1'"):
         attacks.diagnose(cnn, x, y, eps=0.1, norm="L1")
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 0"):
+        attacks.diagnose(cnn, x, y, eps=0.1, alpha=0)
+    with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):
+        attacks.diagnose(cnn, x, y, eps=0.1, min_count=0)
 
 
 def test_eps_grid_spans_zero_eps_and_the_maximum():
@@ -207,6 +221,15 @@ def test_cli_rejects_an_unknown_loss_before_any_work(tmp_path, capsys):
     assert "loss='hinge' is not valid; valid: ce, margin, dlr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("setting", "message"), [("alpha=1.5", "alpha must be in (0, 1), got 1.5"),
+                                                   ("min_count=0", "min_count must be >= 1, got 0")])
+def test_cli_rejects_a_bad_threshold_before_any_work(tmp_path, capsys, setting, message):
+    code = main(["grid=demo", "cell=digits/standard/pgd", setting, f"results_dir={tmp_path}",
+                 f"artifacts_dir={tmp_path}"])
+    assert code == 2
+    assert f"invalid diagnostics budget: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cli_writes_the_diagnostics_file(tmp_path):
     code = main(["grid=demo", "cell=digits/standard/pgd", "n=30", "steps=4", "square_queries=50",
@@ -241,50 +264,10 @@ MASKING = {"steps": 10}
 def adversarially_trained(data, seed: int) -> nn.Module:
     """TinyCNN trained on PGD-3 examples (eps 0.1, the eps attacked below): an AT CNN in a few seconds."""
     torch.manual_seed(seed)
-    model, (x, y) = TinyCNN(), data[:2]
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    attack = attacks.build("pgd", eps=0.1, steps=3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(8):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], 64):
-            index = order[start:start + 64]
-            x_adv = attack(model.eval(), x[index], y[index])
-            loss = nn.functional.cross_entropy(model.train()(x_adv), y[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
+    return fit_adversarially(TinyCNN(), data[0], data[1], eps=0.1, steps=3, epochs=8, seed=seed)
 
 
-class DoubleExpEnsemble(nn.Module):
-    """CARSO's double-exponential aggregation (defences/carso) of a classifier on `copies` noisy copies of x."""
-
-    stochastic = True
-
-    def __init__(self, classifier: nn.Module, copies: int = 4, sigma: float = 0.05):
-        super().__init__()
-        self.classifier, self.copies, self.sigma = classifier, copies, sigma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from defences.carso import aggregate
-
-        noisy = x.repeat(self.copies, 1, 1, 1) + self.sigma * torch.randn(self.copies * x.shape[0], *x.shape[1:])
-        return aggregate(self.classifier(noisy).view(self.copies, x.shape[0], -1), "double_exp")
-
-
-class ScaledLogSoftmax(nn.Module):
-    """log_softmax(1e5 * logits): deterministic, and its cross-entropy gradient underflows to exactly 0."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(1e5 * self.classifier(x), dim=1)
-
-
-@pytest.mark.parametrize("wrap", [DoubleExpEnsemble, ScaledLogSoftmax])
+@pytest.mark.parametrize("wrap", [DoubleExpEnsemble, ScaledLogits])
 def test_saturated_aggregations_are_flagged_for_ce_masking(cnn, data, wrap):
     _, _, x, y = data
     model = wrap(cnn).eval()
@@ -293,10 +276,11 @@ def test_saturated_aggregations_are_flagged_for_ce_masking(cnn, data, wrap):
     evidence = flag.evidence
     assert evidence["masked_loss"] == "ce" and evidence["n"] == N
     assert evidence["ce_accuracy"] > 0.8 and evidence["margin_accuracy"] < evidence["ce_accuracy"] - 0.3
-    assert evidence["ce_interval"][0] > evidence["margin_interval"][1]
-    gradients = gradient_flag(model, x, y, 2, None)
-    assert gradients.raised and gradients.evidence["zero_ce_gradient"] > N // 2
-    assert gradients.evidence["zero_margin_gradient"] == 0
+    assert evidence["ce_interval"][0] > evidence["margin_interval"][1] and evidence["intervals_disjoint"]
+    assert evidence["counts"]["only_margin_breaks"] >= 8 and evidence["p_value"] < evidence["alpha"]
+    gradients = gradient_flag(model, x, y, 0.1, eot=2)
+    assert gradients.raised and gradients.evidence["counts"]["zero_ce_gradient"] > N // 2
+    assert gradients.evidence["counts"]["zero_margin_gradient"] == 0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -308,7 +292,7 @@ def test_plain_and_noisy_cnns_are_not_flagged_for_loss_masking(data, seed):
         torch.manual_seed(seed)
         flag = check_loss_masking(model, x, y, eps=0.1, draws=4, eot=2, **MASKING)
         assert not flag.raised, flag.evidence
-        assert not gradient_flag(model, x, y, 2, None).raised
+        assert not gradient_flag(model, x, y, 0.1, eot=2).raised
 
 
 def test_an_adversarially_trained_cnn_is_not_flagged_for_loss_masking(data):
@@ -317,7 +301,7 @@ def test_an_adversarially_trained_cnn_is_not_flagged_for_loss_masking(data):
     flag = check_loss_masking(model, x, y, eps=0.1, **MASKING)
     assert not flag.raised, flag.evidence
     assert flag.evidence["margin_accuracy"] > 0.2  # it is robust: the check compares two non-trivial numbers
-    assert not gradient_flag(model, x, y, 1, None).raised
+    assert not gradient_flag(model, x, y, 0.1).raised
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +343,7 @@ def test_carso_is_flagged_for_ce_masking(small_carso):
     masking = report.flags["loss_masking_ce_vs_margin"]
     assert masking.raised and masking.evidence["masked_loss"] == "ce", masking.evidence
     assert masking.evidence["ce_accuracy"] > 0.75 and masking.evidence["margin_accuracy"] < 0.3
-    assert report.flags["zero_or_nonfinite_gradients"].evidence["zero_ce_gradient"] > len(y) // 2
+    assert report.flags["zero_or_nonfinite_gradients"].evidence["counts"]["zero_ce_gradient"] > len(y) // 2
     assert report.flags["not_below_chance_at_large_eps"].raised  # CE, the cell's loss here, never gets there
     # the cell's loss drives the curves: on the margin loss CARSO falls below chance, and masking is still seen
     margin = attacks.diagnose(carso, x, y, eps=0.15, steps=5, eot=1, draws=2, square_queries=10, eps_points=1,
@@ -397,11 +381,12 @@ class PeakModel(nn.Module):
 def test_an_attack_that_needs_more_steps_is_flagged():
     # 10 steps of 0.05 end alternating 0.04 and 0.01 from the peak, the last one 0.04 away (outside the band);
     # 20 steps of 0.025 end inside it
-    x, y = torch.full((4, 1, 4, 4), 0.3), torch.zeros(4, dtype=torch.long)
+    x, y = torch.full((10, 1, 4, 4), 0.3), torch.zeros(10, dtype=torch.long)
     report = attacks.diagnose(PeakModel(0.44, 0.012), x, y, eps=0.2, steps=10, square_queries=5, eps_points=1,
                               loss="margin")
     flag = report.flags["still_falling_with_steps"]
     assert flag.raised and flag.evidence["accuracy"] == 1.0 and flag.evidence["accuracy_doubled"] == 0.0
+    assert flag.evidence["counts"] == {"newly_broken": 10, "newly_robust": 0}
 
 
 class NoisyGradient(nn.Module):

@@ -52,13 +52,49 @@ def test_headline_worst_case_includes_the_clean_judgement_on_one_subset():
     assert worst.clean == [1.0, 0.0, 1.0]  # the mean of the three cells' clean judgements
     assert item.adaptive is adaptive
     row = to_markdown(headline.headline_table([item])).splitlines()[4]
-    assert row == ("| digits | at | 0 | Linf 0.15 | 3 | 0.667 [0.208, 0.939] | 0.333 [0.061, 0.792] | 0.333 | "
+    assert row == ("| digits | at | 0 | Linf 0.15 | 3 | 0.667 [0.208, 0.939] | 0.333 [0.061, 0.792] | 0.333 | 0 of 3 | "
                    "pgd, aa, adaptive | examples outside the shared 3 (pgd n=6, aa n=6) |")
     # without the nested cell: all 6 examples; robust never exceeds clean on any example
     [item] = headline.headlines(grid_of([pgd, aa]))
     assert item.worst.correct == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert all(r <= c for r, c in zip(item.worst.correct, item.worst.clean, strict=True))
     assert item.adaptive is None
+
+
+def test_headline_counts_the_examples_other_attacks_broke_that_adaptive_did_not():
+    clean = [1, 1, 1, 1, 1, 1, 1, 0]
+    adaptive = cell("at", "adaptive", clean, [1, 1, 1, 0, 0, 1, 1, 1], name="adaptive")
+    pgd = cell("at", "pgd", clean, [0, 1, 1, 1, 0, 1, 1, 1])  # breaks example 0, which adaptive did not
+    aa = cell("at", "aa", clean, [1, 0, 1, 1, 1, 0, 1, 1])    # breaks 1 and 5
+    # carso: adaptive breaks all that pgd_eot breaks, and more; standard: adaptive not run; atop: adaptive only
+    carso = [cell("carso", "adaptive", [1] * 4, [0, 1, 0, 0], name="adaptive"),
+             cell("carso", "pgd_eot", [1] * 4, [0, 1, 1, 0])]
+    standard = cell("standard", "pgd", [1] * 4, [0, 0, 1, 0])
+    alone = cell("atop", "adaptive", [1] * 4, [1, 0, 1, 0], name="adaptive")
+    items = headline.headlines(grid_of([adaptive, pgd, aa, *carso, standard, alone]))
+    check = items[0].adaptive_check
+    # example 7 is clean-wrong (not robust under any attack) and example 3 only adaptive breaks: neither counts
+    assert (check.missed, check.examples, check.by_attack, check.exact) == (3, 3, {"pgd": 1, "aa": 2}, True)
+    assert check.adaptive_acc == pytest.approx(5 / 8) and check.others_acc == pytest.approx(3 / 8)
+    assert check.adaptive_acc - check.missed / check.n == pytest.approx(items[0].worst.acc)  # the worst case's rule
+    assert items[1].adaptive_check.missed == 0 and items[2].adaptive_check is None
+    assert items[3].adaptive_check is None
+    rows = [row[8] for row in headline.headline_table(items).rows]
+    assert rows == ["3 of 8 (pgd 1, aa 2)", "0 of 4", "not run", "no other attack"]
+    assert headline.adaptive_sentence(items) == (
+        "Examples other attacks broke that adaptive did not: digits/at seed 0: 3 of 8 (pgd 1, aa 2). "
+        "adaptive broke every example another attack broke on digits/carso seed 0.")
+    assert headline.adaptive_sentence(items[2:]) == ""
+
+
+def test_adaptive_check_on_single_draw_rates_is_an_expected_count():
+    clean = [1.0, 1.0, 1.0]
+    adaptive = cell("carso", "adaptive", clean, [0.5, 1.0, 0.0], name="adaptive", draws=8)
+    pgd_eot = cell("carso", "pgd_eot", clean, [0.25, 1.0, 0.5], draws=8)
+    [item] = headline.headlines(grid_of([adaptive, pgd_eot]))
+    check = item.adaptive_check
+    assert (check.missed, check.examples, check.exact) == (0.25, 1, False)
+    assert check.text() == "0.25 of 3 over 1 example(s) (single-draw rates: pgd_eot 0.25)"
 
 
 def test_overstatement_of_naive_settings_with_paired_intervals():
@@ -215,3 +251,29 @@ def test_rendered_report_says_gradient_masked_for_ce_above_the_headline(tmp_path
     assert summary.index(evidence) > headline_at
     assert summary.index(evidence) < summary.index("### Headline: clean accuracy")
     assert "| gradient masked for CE |" in summary
+
+
+def test_rendered_report_says_what_adaptive_missed_in_markdown_and_html(tmp_path):
+    import json
+
+    from bench.report import render
+
+    cells_dir = tmp_path / "g" / "cells"
+    cells_dir.mkdir(parents=True)
+    clean = [1.0] * 6
+    for attack, name, robust in (("adaptive", "adaptive", [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+                                 ("pgd", "pgd", [0.0, 1.0, 0.0, 1.0, 1.0, 0.0])):
+        made = cell("at", attack, clean, robust, name=name)
+        record = {**made.record, "schema_version": 1, "grid": "g", "key": attack, "scenario": "digits",
+                  "defence": "at", "defence_name": "at", "attack": attack, "attack_name": name,
+                  "attack_settings": made.attack_params, "seed": 0, "eps": EPS, "norm": "Linf",
+                  "target": "end_to_end", "wall_seconds": 1.0, "packages": {},
+                  "per_example": {"index": list(range(6)), "robust_draws": [[int(r)] for r in robust]}}
+        (cells_dir / f"digits.at.{attack}.s0.{attack}.json").write_text(json.dumps(record))
+    render(tmp_path / "g", report_config={})
+    sentence = "Examples other attacks broke that adaptive did not: digits/at seed 0: 2 of 6 (pgd 2)."
+    summary = (tmp_path / "g" / "summary.md").read_text()
+    assert summary.index("## Headline") < summary.index(sentence) < summary.index("### Headline: clean accuracy")
+    assert "| broken by others, not by adaptive |" in summary and "| 0.667 | 2 of 6 (pgd 2) |" in summary
+    page = (tmp_path / "g" / "index.html").read_text()
+    assert "broken by others, not by adaptive" in page and "2 of 6 (pgd 2)" in page and sentence in page

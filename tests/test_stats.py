@@ -1,9 +1,11 @@
-"""Wilson intervals, Newcombe paired intervals and exact McNemar p-values against published and scipy values."""
+"""Wilson intervals, Newcombe paired intervals, exact McNemar p-values and the exact binomial tests against published
+and scipy values."""
 
 from __future__ import annotations
 
 import pytest
 
+from attacks.exact_tests import binomial_upper_tail, sign_test
 from attacks.stats import wilson_interval
 from bench.stats import mcnemar_exact, newcombe_paired_interval, paired_comparison, spread
 
@@ -75,3 +77,19 @@ def test_spread_over_seeds():
     assert (result.mean, result.low, result.high) == pytest.approx((0.6, 0.5, 0.7))
     assert result.sd == pytest.approx(0.1)
     assert spread([0.3]).sd == 0.0
+
+
+@pytest.mark.parametrize(("k", "n", "p"), [(3, 10, 0.1), (0, 5, 0.3), (13, 128, 0.1), (50, 100, 0.5),
+                                           (700, 2000, 0.3), (10, 10, 0.5), (11, 10, 0.5), (1, 4, 0.0)])
+def test_binomial_upper_tail_is_the_exact_one_sided_binomial_test(k, n, p):
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    expected = binomtest(k, n, p, alternative="greater").pvalue if 0 <= k <= n else 0.0
+    assert binomial_upper_tail(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize(("more", "fewer"), [(0, 0), (1, 0), (7, 0), (1, 62), (12, 6), (20, 3)])
+def test_sign_test_is_the_one_sided_binomial_test_at_one_half(more, fewer):
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    expected = binomtest(more, more + fewer, 0.5, alternative="greater").pvalue if more + fewer else 1.0
+    assert sign_test(more, fewer) == pytest.approx(expected, rel=1e-12)
+    assert sign_test(7, 0) == 0.5**7 and sign_test(0, 5) == 1.0

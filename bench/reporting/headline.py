@@ -4,7 +4,10 @@ attack, and how much each naive evaluation setting overstates that worst case.
 Every number of a headline row comes from one set of test examples: the examples all of the defence's attacks
 at the scenario's threat model share (`worst_case.align`), so clean and worst case have one n. The worst case
 includes the clean judgements (robust only if also clean-correct) and, where the grid has it, the `adaptive`
-attack (its own accuracy is shown beside it).
+attack (its own accuracy is shown beside it). Where `adaptive` runs beside other attacks, the row also checks the
+recommended attack (`AdaptiveCheck`): how many examples the other attacks broke that `adaptive` did not, per
+example and by the worst case's own rule (an example counts where another attack's judgement is below
+adaptive's, clean judgements included); 0 is the goal.
 
 Naive settings (a cell may be in several): classifier-only (`target: classifier`), CE-only (`loss: ce`, or an
 AutoAttack whose components are all CE), single-pass (no EOT, `eot` <= 1, on a stochastic defence) and BPDA.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from bench.reporting import fmt
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.tables import Table
-from bench.reporting.worst_case import WorstCase, combine, group_key, minimum
+from bench.reporting.worst_case import WorstCase, combine, group_key, judged, minimum
 from bench.stats import PairedComparison, paired_comparison, spread
 
 ADAPTIVE = "adaptive"
@@ -64,10 +67,55 @@ class Overstatement:
 
 
 @dataclass
+class AdaptiveCheck:
+    """On a headline's examples, what the other attacks broke that `adaptive` did not, by the worst case's rule:
+    per example, adaptive's judgement minus the lower of it and the other attacks' worst case. For 0/1
+    judgements (deterministic defences, majority or worst-of-K decisions) `missed` counts examples; for
+    single-draw rates it is an expected count (`exact` False) over the `examples` where the others are lower."""
+
+    n: int
+    missed: float
+    examples: int
+    by_attack: dict[str, float]
+    adaptive_acc: float
+    others_acc: float  # the per-example worst case over the other attacks alone
+    exact: bool
+
+    def text(self) -> str:
+        """'0 of 50', '3 of 50 (aa 2, pgd_eot 1)', or for rates '1.50 of 50 over 4 example(s) (single-draw
+        rates: ...)'."""
+        number = (lambda v: str(round(v))) if self.exact else (lambda v: f"{v:.2f}")
+        missed = [f"{attack} {number(amount)}" for attack, amount in self.by_attack.items() if amount > 0]
+        if self.exact:
+            return f"{number(self.missed)} of {self.n}" + (f" ({', '.join(missed)})" if missed else "")
+        detail = f" (single-draw rates: {', '.join(missed)})" if missed else " (single-draw rates)"
+        return f"{number(self.missed)} of {self.n} over {self.examples} example(s){detail}"
+
+
+def _shortfall(mine: list[float], theirs: list[float]) -> float:
+    return sum(a - min(a, t) for a, t in zip(mine, theirs, strict=True))
+
+
+def adaptive_check(worst: WorstCase, adaptive: CellResult | None) -> AdaptiveCheck | None:
+    """None where there is no adaptive cell, no other attack or no shared example."""
+    others = [c for c in worst.cells if c is not adaptive]
+    if adaptive is None or not others or not worst.n:
+        return None
+    mine = judged(adaptive, worst.index)
+    theirs = minimum(others, worst.index)
+    columns = {c.attack: judged(c, worst.index) for c in others}
+    exact = all(v in (0.0, 1.0) for v in (*mine, *(v for column in columns.values() for v in column)))
+    return AdaptiveCheck(n=worst.n, missed=_shortfall(mine, theirs), examples=sum(t < a for t, a in zip(
+        theirs, mine, strict=True)), by_attack={a: _shortfall(mine, c) for a, c in columns.items()},
+        adaptive_acc=sum(mine) / worst.n, others_acc=sum(theirs) / worst.n, exact=exact)
+
+
+@dataclass
 class Headline:
     worst: WorstCase
     adaptive: CellResult | None
     overstatements: list[Overstatement]
+    adaptive_check: AdaptiveCheck | None = None
 
     @property
     def defence(self) -> str:
@@ -108,14 +156,33 @@ def headlines(grid: GridResults) -> list[Headline]:
             continue
         worst = combine(at_threat)
         adaptive = next((c for c in worst.cells if c.attack_name == ADAPTIVE), None)
-        found.append(Headline(worst, adaptive, _overstatements(worst)))
+        found.append(Headline(worst, adaptive, _overstatements(worst), adaptive_check(worst, adaptive)))
     return found
+
+
+def adaptive_sentence(items: list[Headline]) -> str:
+    """The headline's word on the recommended attack: where `adaptive` missed examples other attacks broke, and
+    on which defences it missed none; empty where no defence runs it beside other attacks."""
+    checked = [item for item in items if item.adaptive_check is not None]
+    if not checked:
+        return ""
+    label = [f"{i.worst.scenario}/{i.defence} seed {i.worst.seed}" for i in checked]
+    missed = [f"{name}: {i.adaptive_check.text()}" for name, i in zip(label, checked, strict=True)
+              if i.adaptive_check.missed > 0]
+    clean = [name for name, i in zip(label, checked, strict=True) if i.adaptive_check.missed <= 0]
+    parts = []
+    if missed:
+        parts.append("Examples other attacks broke that adaptive did not: " + "; ".join(missed) + ".")
+    if clean:
+        parts.append("adaptive broke every example another attack broke on " + ", ".join(clean) + ".")
+    return " ".join(parts)
 
 
 # --- tables ---------------------------------------------------------------------------------------------
 
 HEADLINE_COLUMNS = ["scenario", "defence", "seed", "threat", "n", "clean [95% CI]", "worst case [95% CI]",
-                    "adaptive alone", "attacks in the worst case", "not included"]
+                    "adaptive alone", "broken by others, not by adaptive", "attacks in the worst case",
+                    "not included"]
 
 
 def budgets(cells: list[CellResult]) -> str:
@@ -130,6 +197,8 @@ def _headline_row(item: Headline) -> list[str]:
         adaptive = fmt.accuracy(sum(adaptive_values) / worst.n)
     elif worst.n:
         adaptive = "not run"
+    check = item.adaptive_check.text() if item.adaptive_check is not None else (
+        "no other attack" if item.adaptive is not None and worst.n else adaptive)
     threat = f"{worst.norm} {fmt.eps(worst.eps)}" if worst.norm else fmt.MISSING
     left_out = worst.not_done + [f"{a} (other test subset)" for a in worst.other_subset]
     larger = [c for c in worst.cells if c.n > worst.n]
@@ -137,7 +206,7 @@ def _headline_row(item: Headline) -> list[str]:
         sizes = ", ".join(f"{c.attack} n={c.n}" for c in larger)
         left_out.append(f"examples outside the shared {worst.n} ({sizes})")
     return [worst.scenario, worst.defence, str(worst.seed), threat, str(worst.n) if worst.n else fmt.MISSING,
-            fmt.accuracy_ci(worst.clean_acc, worst.clean_ci), fmt.accuracy_ci(worst.acc, worst.ci), adaptive,
+            fmt.accuracy_ci(worst.clean_acc, worst.clean_ci), fmt.accuracy_ci(worst.acc, worst.ci), adaptive, check,
             ", ".join(worst.attacks) or "no finished attack", ", ".join(left_out) or fmt.MISSING]
 
 
@@ -146,16 +215,21 @@ def headline_table(items: list[Headline]) -> Table:
     for number, item in enumerate(items):
         rows.append(_headline_row(item))
         tip = budgets(item.worst.cells)
-        for column in (5, 6, 8):
+        for column in (5, 6, 9):
             tips[(number, column)] = tip
         if item.adaptive is not None:
-            tips[(number, 7)] = item.adaptive.budget
+            tips[(number, 7)] = tips[(number, 8)] = item.adaptive.budget
     notes = ["clean and worst case on the same n test examples: those every attack of the defence at this threat "
              "model was run on (a block with a smaller n_examples restricts the others to its examples).",
              "worst case: per example, the minimum over the attacks' judgements and their clean judgements (an "
              "example counts as robust only if it is also classified correctly without attack), 95% Wilson "
              "interval; for stochastic defences each judgement is the record's headline decision over K draws.",
              "adaptive alone: the `adaptive` attack's accuracy on the same examples, where the grid runs it.",
+             "broken by others, not by adaptive: per example, adaptive's judgement minus the lower of it and the "
+             "other attacks' worst case (clean judgements included, as in the worst case), summed: for 0/1 "
+             "judgements the examples other attacks broke and adaptive did not, for single-draw rates an expected "
+             "count; in brackets each attack's own share. 0 means the recommended attack alone reaches the worst "
+             "case.",
              "Hover a number (or see 'Cell settings' below) for every attack's budget."]
     return Table("Headline: clean accuracy and the per-example worst case over every attack", HEADLINE_COLUMNS,
                  rows, notes=notes, label="headline", left_columns=4, tooltips=tips)
