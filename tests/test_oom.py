@@ -146,9 +146,10 @@ def test_the_runner_records_retries_in_a_done_record_and_the_floor_as_a_failed_c
 
     def small(grid):
         grid["blocks"][0].update(defences=["standard"], attacks=["pgd"])
+        grid["defences"]["standard"]["epochs"] = 1
 
     monkeypatch.setattr(bench.evaluate, "_batch_result", limited)
-    assert run(compose(tiny_grid(small)))["failed"] == 1
+    assert run(compose(tiny_grid(small) + ["report=false"]))["failed"] == 1
     cells = tmp_path / "results" / "tiny_test" / "cells"
     (failed,) = load_records(cells)
     assert failed["status"] == "failed" and "robust_acc" not in failed and validate_record(failed) == []
@@ -156,7 +157,7 @@ def test_the_runner_records_retries_in_a_done_record_and_the_floor_as_a_failed_c
     assert [(r["from"], r["to"]) for r in failed["oom_retries"]] == [(12, 6), (6, 3), (3, 1)]
 
     limit["examples"] = 6
-    assert run(compose(tiny_grid(small)))["done"] == 1
+    assert run(compose(tiny_grid(small) + ["report=false"]))["done"] == 1
     (done,) = load_records(cells)
     assert done["status"] == "done" and validate_record(done) == [] and done["n_examples"] == 24
     assert [(r["batch"], r["from"], r["to"]) for r in done["oom_retries"]] == [(0, 12, 6)]
