@@ -25,6 +25,7 @@ from attacks.eot import default_max_batch
 LOG = logging.getLogger("bench.oom")
 FLOOR = 1  # the smallest chunk of every kind: one example (one reconstruction, one pass)
 ATTACK_MAX_BATCH, DEFENCE_MAX_BATCH, EVAL_BATCH = "attack.max_batch", "defence.max_batch", "eval.batch_size"
+SIZES = (ATTACK_MAX_BATCH, DEFENCE_MAX_BATCH, EVAL_BATCH)  # the chunk sizes a retry may halve
 
 
 class OutOfMemoryAtFloor(RuntimeError):
