@@ -1,7 +1,9 @@
 """Surviving GPU out-of-memory in an evaluation cell: halve a chunk size and retry the batch that ran out.
 
 A cell has up to three chunk sizes (`ChunkSizes`): the attack's `max_batch` (examples per forward/backward
-pass; None stands for attacks.eot's device default, which is where halving starts), the defence's micro-batch
+pass; halving None, the device default, starts from what it sends at most: on a GPU a batch's EOT copies at
+once, on a CPU the batch; attacks.eot is not imported, so that evaluation code stays out of the fingerprint
+of cells whose attacks do not use it), the defence's micro-batch
 (`params.max_batch`: CARSO's reconstructions per pass) and the evaluation batch (`eval.batch_size`). On
 torch.OutOfMemoryError the next size in turn (attack, defence, evaluation batch, attack, ...) above the floor
 is halved, cached memory is released, and the batch is tried again; when every size is at the floor the cell
@@ -19,8 +21,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-
-from attacks.eot import default_max_batch
 
 LOG = logging.getLogger("bench.oom")
 FLOOR = 1  # the smallest chunk of every kind: one example (one reconstruction, one pass)
@@ -67,7 +67,8 @@ def _attack_knob(attack: Any, device: torch.device, eval_batch: int) -> Knob | N
     if "max_batch" not in names:
         return None
     original = attack.max_batch
-    start = original if original is not None else default_max_batch(device, eval_batch)
+    copies = attack.eot if device.type == "cuda" and isinstance(getattr(attack, "eot", None), int) else 1
+    start = original if original is not None else eval_batch * max(1, copies)
     return Knob(ATTACK_MAX_BATCH, start, lambda value: setattr(attack, "max_batch", value),
                 lambda: setattr(attack, "max_batch", original))
 
