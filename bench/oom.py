@@ -14,7 +14,6 @@ cell and are restored when the cell ends (the defence and attack objects may out
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,30 +21,12 @@ from typing import Any
 
 import torch
 
+from defences.memory import OutOfMemoryAtFloor, first_line, release_cached_memory
+
 LOG = logging.getLogger("bench.oom")
 FLOOR = 1  # the smallest chunk of every kind: one example (one reconstruction, one pass)
 ATTACK_MAX_BATCH, DEFENCE_MAX_BATCH, EVAL_BATCH = "attack.max_batch", "defence.max_batch", "eval.batch_size"
 SIZES = (ATTACK_MAX_BATCH, DEFENCE_MAX_BATCH, EVAL_BATCH)  # the chunk sizes a retry may halve
-
-
-class OutOfMemoryAtFloor(RuntimeError):
-    """A batch ran out of GPU memory with every chunk size at its floor; `retries` lists the halvings made."""
-
-    def __init__(self, message: str, retries: list[dict[str, Any]]):
-        super().__init__(message)
-        self.retries = retries
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is torch's out-of-memory error (torch.cuda.OutOfMemoryError is the same class)."""
-    return isinstance(error, torch.OutOfMemoryError)
-
-
-def release_cached_memory() -> None:
-    """Free what the failed try left: unreachable tensors first, then the CUDA allocator's cached blocks."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 @dataclasses.dataclass
@@ -123,11 +104,11 @@ def after_out_of_memory(sizes: ChunkSizes, where: dict[str, int], message: str, 
     retries = sizes.retries
     release_cached_memory()
     halved = sizes.halve()
-    first_line = message.strip().splitlines()[0] if message.strip() else "out of memory"
+    reason = first_line(message)
     if halved is None:
         raise OutOfMemoryAtFloor(f"{label}: out of GPU memory on batch {where['batch']} with every chunk size at "
-                                 f"the floor ({FLOOR}) after {len(retries)} retries: {first_line}", retries)
+                                 f"the floor ({FLOOR}) after {len(retries)} retries: {reason}", retries)
     name, old, new = halved
-    retries.append({**where, "halved": name, "from": old, "to": new, "error": first_line[:300]})
+    retries.append({**where, "halved": name, "from": old, "to": new, "error": reason})
     LOG.warning("%s: out of GPU memory on batch %d (examples %d..%d); %s %d -> %d, retrying", label,
                 where["batch"], where["offset"], where["offset"] + where["examples"] - 1, name, old, new)

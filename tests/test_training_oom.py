@@ -1,0 +1,56 @@
+"""Out of GPU memory in CARSO's purifier training: the step is retried with the micro-batch halved from the same
+RNG states and BatchNorm statistics, so the purifier ends exactly as in an unretried run with the smaller
+micro-batch; the retries are in the stage's summary, and the floor raises. Simulated on the CPU with a purifier
+whose forward raises torch.OutOfMemoryError above a number of examples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import defences
+from bench.data import load_dataset
+from bench.zoo import SmallCNN
+from defences.base import FitContext, Task
+from defences.memory import OutOfMemoryAtFloor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TASK = Task(dataset="digits", channels=1, height=32, width=32, num_classes=10, mean=(0.3,), std=(0.4,),
+            norm="Linf", eps=0.15)
+
+
+def fit(tmp_path, name: str, limit: int | None = None, **params):
+    torch.manual_seed(0)
+    classifier = SmallCNN(1, 10, 32, channels=(4, 8), hidden=16, mean=0.3, std=0.4).eval()
+    carso = defences.build("carso", classifier=classifier, task=TASK, fcrepr=32, fjoint=8,
+                           decoder_channels=[16, 16, 8, 8, 4], samples=2, check_examples=4, batch_size=16,
+                           epochs=1, pgd_steps=1, warmup_epochs=0, kl_start_epoch=0, kl_end_epoch=0, **params)
+    if limit is not None:
+        forward = carso.purifier.forward
+
+        def limited(x, representation):
+            if x.shape[0] > limit:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated): {x.shape[0]} examples")
+            return forward(x, representation)
+
+        carso.purifier.forward = limited
+    summary = carso.fit(load_dataset("digits", "train").subset(range(32)),
+                        FitContext(device=torch.device("cpu"), seed=0, workdir=tmp_path / name))
+    return carso, summary
+
+
+def test_a_step_out_of_memory_is_retried_with_half_the_micro_batch_as_an_unretried_run(tmp_path):
+    retried, summary = fit(tmp_path, "retried", limit=8)
+    unretried, reference = fit(tmp_path, "unretried", micro_batch=8)
+    for key, value in unretried.purifier.state_dict().items():
+        assert torch.equal(retried.purifier.state_dict()[key], value), key  # same shapes, same kernels
+    assert summary["history"][0]["loss"] == reference["history"][0]["loss"]
+    assert [(r["epoch"], r["batch"], r["halved"], r["from"], r["to"]) for r in summary["oom_retries"]] == [
+        (0, 0, "micro_batch", 16, 8)]
+    assert summary["history"][0]["oom_retries"] == summary["oom_retries"] and "oom_retries" not in reference
+
+
+def test_a_step_that_does_not_fit_at_the_floor_fails_the_stage(tmp_path):
+    with pytest.raises(OutOfMemoryAtFloor, match="micro_batch at its floor") as raised:
+        fit(tmp_path, "floor", limit=1)
+    assert [(r["from"], r["to"]) for r in raised.value.retries] == [(16, 8), (8, 4), (4, 2)]
