@@ -5,7 +5,8 @@ torch.OutOfMemoryError (the class torch.cuda raises) and tries again, down to a 
 `OutOfMemoryAtFloor` carries every retry made. Before a retry, `Snapshot.restore` puts back the RNG states and
 module buffers (BatchNorm running statistics) the failed try advanced, so that the retried step is the step an
 unretried run with the smaller size takes from the same state. Each retry logs a line and is listed in
-`ShrinkingSize.retries` for the caller's metadata or record.
+`ShrinkingSize.retries` for the caller's metadata or record. `run_layers` runs a stack of layers with gradient
+checkpointing (each layer recomputed in the backward pass instead of keeping its activations) when asked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 T = TypeVar("T")
 
@@ -97,3 +99,16 @@ class ShrinkingSize:
         self.retries.append({**where, "halved": self.name, "from": old, "to": self.value,
                              "error": first_line(message)})
         self.log.warning("out of GPU memory at %s; %s %d -> %d, retrying", where, self.name, old, self.value)
+
+
+def run_layers(layers: Sequence[nn.Module], hidden: torch.Tensor, checkpointed: bool = False,
+               **arguments: Any) -> torch.Tensor:
+    """hidden through each layer in turn (`arguments` passed to every one); with `checkpointed` and gradients on,
+    each layer keeps only its input for the backward pass and is recomputed there. For layers without running
+    statistics (BatchNorm in training mode would update them again in the recomputation)."""
+    for layer in layers:
+        if checkpointed and torch.is_grad_enabled():
+            hidden = checkpoint(layer, hidden, use_reentrant=False, **arguments)
+        else:
+            hidden = layer(hidden, **arguments)
+    return hidden
