@@ -54,3 +54,60 @@ def test_a_step_that_does_not_fit_at_the_floor_fails_the_stage(tmp_path):
     with pytest.raises(OutOfMemoryAtFloor, match="micro_batch at its floor") as raised:
         fit(tmp_path, "floor", limit=1)
     assert [(r["from"], r["to"]) for r in raised.value.retries] == [(16, 8), (8, 4), (4, 2)]
+
+
+class LimitedMLP(torch.nn.Module):
+    """A classifier with BatchNorm whose passes of more than `limit` examples run out of (simulated) memory."""
+
+    def __init__(self, limit: int | None):
+        super().__init__()
+        torch.manual_seed(5)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                                       torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.limit is not None and x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated): {x.shape[0]} examples")
+        return self.net(x)
+
+
+def adversarial_epoch(tmp_path, limit: int | None, micro_batch: int):
+    from attacks.gradient import PGD
+    from bench.benchmarks.toys import digits8
+    from defences.memory import ShrinkingSize
+    from defences.training import TrainingSettings, make_optimiser, train_epoch
+
+    images, labels = digits8("train")
+    model, settings = LimitedMLP(limit), TrainingSettings(epochs=1, batch_size=16, lr=0.05, augment="none")
+    optimiser = make_optimiser(model, settings)
+    attack = PGD(eps=0.1, steps=2)
+    micro = ShrinkingSize("micro_batch", micro_batch, floor=2)
+    record = train_epoch(model, optimiser, images[:64], labels[:64], settings,
+                         FitContext(device=torch.device("cpu"), seed=0, workdir=tmp_path), 0,
+                         lambda m, x, y, epoch: attack(m, x, y), micro)
+    return model, record
+
+
+def test_an_adversarial_training_step_out_of_memory_is_retried_in_micro_batches_as_an_unretried_run(tmp_path):
+    retried, record = adversarial_epoch(tmp_path, limit=8, micro_batch=16)
+    unretried, reference = adversarial_epoch(tmp_path, limit=None, micro_batch=8)
+    for key, value in unretried.state_dict().items():  # weights and BatchNorm statistics
+        assert torch.equal(retried.state_dict()[key], value), key
+    assert record["loss"] == reference["loss"] and record["batch_accuracy"] == reference["batch_accuracy"]
+    assert [(r["epoch"], r["step"], r["from"], r["to"]) for r in record["oom_retries"]] == [(0, 0, 16, 8)]
+
+
+def test_a_snapshot_puts_back_the_rngs_and_batchnorm_statistics_a_failed_try_advanced():
+    from defences.memory import Snapshot
+
+    model, generator = LimitedMLP(None).train(), torch.Generator().manual_seed(6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshot = Snapshot.take([model], [generator])
+    first = (torch.rand(3), torch.rand(3, generator=generator))
+    model(torch.rand(4, 64))  # a training-mode pass: running statistics and the batch count move
+    assert not torch.equal(model.state_dict()["net.2.running_mean"], before["net.2.running_mean"])
+    snapshot.restore()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    again = (torch.rand(3), torch.rand(3, generator=generator))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))

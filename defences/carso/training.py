@@ -43,7 +43,7 @@ from defences.carso.lookahead import Lookahead
 from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
 from defences.carso.representation import capture
-from defences.fitting import frozen
+from defences.fitting import batch_slices, frozen
 from defences.memory import ShrinkingSize, Snapshot
 
 if TYPE_CHECKING:
@@ -59,15 +59,6 @@ def balanced_counts(batch_size: int, fraction: float) -> list[int]:
     total = math.floor(fraction * batch_size + 0.5)  # round half up (Python's round() goes to even)
     base, remainder = divmod(total, len(ATTACK_KINDS))
     return [base + (1 if kind < remainder else 0) for kind in range(len(ATTACK_KINDS))]
-
-
-def batch_slices(total: int, size: int) -> list[slice]:
-    """Consecutive slices of at most `size` (one more where needed): a last slice of a single example is merged
-    into the one before, because BatchNorm cannot train on one example."""
-    bounds = list(range(0, total, size)) + [total]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        del bounds[-2]
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def training_budget(params: CarsoParams, task: Task) -> float:
