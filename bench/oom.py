@@ -1,9 +1,10 @@
 """Surviving GPU out-of-memory in an evaluation cell: halve a chunk size and retry the batch that ran out.
 
 A cell has up to three chunk sizes (`ChunkSizes`): the attack's `max_batch` (examples per forward/backward
-pass; halving None, the device default, starts from what it sends at most: on a GPU a batch's EOT copies at
-once, on a CPU the batch; attacks.eot is not imported, so that evaluation code stays out of the fingerprint
-of cells whose attacks do not use it), the defence's micro-batch
+pass; halving None, the device default, starts from a batch's EOT copies on a GPU, the batch on a CPU: the
+GPU default sends all copies at once up to max(8192, batch), so above that the first halvings change nothing;
+attacks.eot is not imported, so that its code stays out of the fingerprint of cells whose attacks do not use
+it), the defence's micro-batch
 (`params.max_batch`: CARSO's reconstructions per pass) and the evaluation batch (`eval.batch_size`). On
 torch.OutOfMemoryError the next size in turn (attack, defence, evaluation batch, attack, ...) above the floor
 is halved, cached memory is released, and the batch is tried again; when every size is at the floor the cell

@@ -99,7 +99,8 @@ def _per_example_problems(record: dict[str, Any]) -> list[str]:
     draws = record.get("draws")
     for name in ("clean_draws", "robust_draws"):
         if name in per_example:
-            width = draws if is_count(draws) else len((per_example[name] or [[]])[0] or [])
+            rows = per_example[name]
+            width = draws if is_count(draws) else len(rows[0]) if rows and isinstance(rows[0], list) else 0
             problems += _entries_problem(f"per_example.{name}", per_example[name], n,
                                          lambda row, w=width: _is_draw_row(row, w), f"rows of {width} 0/1 draws")
     if "perturbation" in per_example:
@@ -150,7 +151,9 @@ def _recomputed_problems(record: dict[str, Any], clean_draws: list, robust_draws
     decision, n = record["decision"], record["n_examples"]
     if decision not in RULES:
         return [f"decision {decision!r} is not one of {', '.join(RULES)}"]
-    width = len(clean_draws[0]) if n else max(1, record.get("draws", 1))
+    if n == 0:
+        return []  # no example: nothing to recompute
+    width = len(clean_draws[0])
     expected = record_accuracies(torch.tensor(clean_draws, dtype=torch.int64).reshape(n, width),
                                  torch.tensor(robust_draws, dtype=torch.int64).reshape(n, width), decision)
     problems = []

@@ -95,7 +95,12 @@ def validate_record(record: Any) -> list[str]:
             problems.append(f"{name} is a {type(value).__name__}")
     if record["status"] == "done" and not problems:
         problems += _result_problems(record)
-    return problems or deep_problems(record)
+    if problems:
+        return problems
+    try:
+        return deep_problems(record)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:  # a shape no check foresaw
+        return [f"its content could not be checked: {type(error).__name__}: {error}"]
 
 
 def _result_problems(record: dict[str, Any]) -> list[str]:
