@@ -80,7 +80,7 @@ CORRUPTIONS = {
                            "counts.backward_examples=1.5 is not a non-negative integer"),
     "zero draws": (_set("draws", 0), "draws=0"),
     "draw rows that are not lists": (lambda r: r["per_example"].update(clean_draws=[1] * r["n_examples"]),
-                                     "per_example.clean_draws has 50 entries that are not rows of"),
+                                     "entries that are not rows of"),
     "robust above clean": (_robust_above_clean, "robust_correct exceeds clean_correct on 1 examples"),
     "accuracy not the draws'": (_flip_robust_draw, "is not what per_example's draws give"),
     "a repeated example": (_repeat_index, "per_example.index repeats an example"),
