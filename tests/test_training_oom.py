@@ -111,3 +111,39 @@ def test_a_snapshot_puts_back_the_rngs_and_batchnorm_statistics_a_failed_try_adv
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     again = (torch.rand(3), torch.rand(3, generator=generator))
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def atop_epoch(tmp_path, name: str, limit: int | None, micro_batch: int):
+    from defences.atop.training import Phase, train_epoch, trainable_state
+    from defences.memory import ShrinkingSize
+
+    torch.manual_seed(0)
+    classifier = SmallCNN(1, 10, 32, channels=(4, 8), hidden=16, mean=0.3, std=0.4).eval()
+    atop = defences.build("atop", classifier=classifier, task=TASK, generator_width=4, generator_stages=1,
+                          discriminator_width=4, pretrain_batch_size=8, pretrain_epochs=1, finetune=False)
+    if limit is not None:  # the purifier's loss against the discriminator (after its step) runs out of memory
+        forward = atop.discriminator.forward
+
+        def limited(x):
+            if x.requires_grad and x.shape[0] > limit:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated): {x.shape[0]} examples")
+            return forward(x)
+
+        atop.discriminator.forward = limited
+    settings = Phase.of(atop.params, "pretrain")
+    state = trainable_state(atop, settings.lr)
+    train = load_dataset("digits", "train").subset(range(16))
+    ctx = FitContext(device=torch.device("cpu"), seed=0, workdir=tmp_path / name)
+    record = train_epoch(atop, train.float_images(), train.labels, ctx, 0, settings, state["optimiser"],
+                         state["d_optimiser"], ShrinkingSize("micro_batch", micro_batch))
+    return atop, record
+
+
+def test_an_atop_step_out_of_memory_after_the_discriminator_step_is_retried_as_an_unretried_run(tmp_path):
+    retried, record = atop_epoch(tmp_path, "retried", limit=4, micro_batch=8)
+    unretried, reference = atop_epoch(tmp_path, "unretried", limit=None, micro_batch=4)
+    for part in ("purifier", "discriminator"):  # the failed try's discriminator step was undone
+        for key, value in getattr(unretried, part).state_dict().items():
+            assert torch.equal(getattr(retried, part).state_dict()[key], value), f"{part}.{key}"
+    assert {k: v for k, v in record.items() if k != "oom_retries"} == reference
+    assert [(r["batch"], r["from"], r["to"]) for r in record["oom_retries"]] == [(0, 8, 4)]
