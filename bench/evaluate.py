@@ -1,8 +1,9 @@
 """Evaluating one cell: one attack on one fitted defence over the cell's test subset, resumably.
 
 Each finished batch is saved to the cell's partial file (bench.layout) and re-seeded per batch from the cell's
-settings key, so a job killed and re-run produces the same record as an uninterrupted one. The record's format
-is bench.records'.
+settings key, so a job killed and re-run produces the same record as an uninterrupted one. A batch that runs
+out of GPU memory is retried with a chunk size halved (bench.oom; seeds: `piece_seed`), and the record lists
+the retries. The record's format is bench.records'.
 """
 
 from __future__ import annotations
