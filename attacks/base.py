@@ -74,6 +74,11 @@ def require_at_least_one(owner: object, names: tuple[str, ...], optional: bool =
             raise ValueError(f"{name} must be >= 1{default}, got {value}")
 
 
+def within_budget(size: float, eps: float) -> bool:
+    """Whether a perturbation of this size (in the threat model's norm) is inside the eps-ball, up to rounding."""
+    return size <= eps * (1 + 1e-4) + THREAT_MODEL_TOLERANCE
+
+
 def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
     """Raise ThreatModelViolation unless every x_adv is within eps of x (in `norm`) and inside [0, 1]."""
     if x_adv.shape != x.shape:
@@ -85,7 +90,7 @@ def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: s
         raise ThreatModelViolation(f"adversarial batch leaves [0, 1]: min {low:.6g}, max {high:.6g}")
     sizes = lp_norms((x_adv - x).float(), norm)
     worst = sizes.max().item() if sizes.numel() else 0.0
-    if worst > eps * (1 + 1e-4) + THREAT_MODEL_TOLERANCE:
+    if not within_budget(worst, eps):
         raise ThreatModelViolation(f"{norm} perturbation {worst:.6g} exceeds eps {eps:.6g}")
 
 

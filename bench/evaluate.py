@@ -1,8 +1,9 @@
 """Evaluating one cell: one attack on one fitted defence over the cell's test subset, resumably.
 
 Each finished batch is saved to the cell's partial file (bench.layout) and re-seeded per batch from the cell's
-settings key, so a job killed and re-run produces the same record as an uninterrupted one. The record's format
-is bench.records'.
+settings key, so a job killed and re-run produces the same record as an uninterrupted one. A batch that runs
+out of GPU memory is retried with a chunk size halved (bench.oom; seeds: `piece_seed`), and the record lists
+the retries. The record's format is bench.records'.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import attacks
 from attacks.progress import Progress
 from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
 from attacks.seeding import derive_seed, seed_everything
-from bench import layout, records
+from bench import layout, oom, records
 from bench.grid import EvalCell, Plan
 from bench.locks import locked
 from bench.runtime import hardware_summary, resolve_device
@@ -100,8 +101,9 @@ def evaluate_cell(plan: Plan, cell: EvalCell, partial_path: Path | None = None) 
         result = _evaluate(plan, cell, partial_path, started)
     except Exception as error:  # a failed cell is recorded as failed, never as a result
         LOG.error("%s failed: %s", cell.label, error)
+        retries = {"oom_retries": error.retries} if isinstance(error, oom.OutOfMemoryAtFloor) else {}
         return records.failed_record(fields, "".join(traceback.format_exception(error)),
-                                     wall_seconds=time.time() - started, finished_at=time.time())
+                                     wall_seconds=time.time() - started, finished_at=time.time(), **retries)
     LOG.info("%s: clean %.3f robust %.3f (n=%d)", cell.label, result["clean_acc"], result["robust_acc"],
              result["n_examples"])
     return records.done_record(fields, result)
@@ -133,6 +135,7 @@ def result_fields(batches: list[dict[str, Any]], index: list[int], labels: torch
         "counts": {"forward_examples": sum(b["forward_examples"] for b in batches),
                    "backward_examples": sum(b["backward_examples"] for b in batches)},
         "attack_seconds": sum(b["attack_seconds"] for b in batches),
+        **({"oom_retries": retries} if (retries := [r for b in batches for r in b.get("oom_retries", [])]) else {}),
     }
 
 
@@ -151,22 +154,59 @@ def attack_batches(defence: torch.nn.Module, attack: attacks.Attack, images: tor
                    draws: int, device: torch.device, *, batch_size: int, seed: int, settings_key: str, label: str,
                    done: dict[str, Any] | None = None,
                    after_batch: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Every batch's result in order, batch b seeded with derive_seed(seed, settings_key, b). Batches already in
-    `done` (by index as a string) are kept; `after_batch` runs after each new one (the runner saves there)."""
+    """Every batch's results in order (a batch retried in smaller pieces after running out of GPU memory gives
+    one result per piece). Batches already in `done` (by index as a string) are kept; `after_batch` runs after
+    each new one (the runner saves there). Seeds: `piece_seed`; out of memory: bench.oom."""
     done = {} if done is None else done
     n_batches = (len(labels) + batch_size - 1) // batch_size
     progress = Progress(label, n_batches, LOG, every_s=20.0, unit="batches")
     progress.done = len(done)
-    for batch in range(n_batches):
-        if str(batch) in done:
+    with oom.ChunkSizes(defence, attack, batch_size, device).restored() as sizes:
+        for batch in range(n_batches):
+            if str(batch) in done:
+                continue
+            pieces = _batch_pieces(defence, attack, images, labels, draws, device, batch, batch_size, sizes,
+                                   (seed, settings_key, label))
+            done[str(batch)] = pieces[0] if len(pieces) == 1 else {"pieces": pieces}
+            if after_batch is not None:
+                after_batch()
+            progress.update()
+    return [piece for b in range(n_batches) for piece in done[str(b)].get("pieces", [done[str(b)]])]
+
+
+def piece_seed(seed: int, settings_key: str, offset: int, size: int) -> int:
+    """The seed of the examples [offset, offset + size) evaluated as one batch: derive_seed(seed, settings_key,
+    offset // size). A whole batch b of the cell's batch size B is seeded with index b; a piece of size s of a
+    batch retried after running out of memory gets the seed that batch offset // s of a run with batch size s
+    gets, so where s divides the piece's offset (B a multiple of s, as in halving a power of two) the piece's
+    results are exactly those of an unretried run with batch size s."""
+    return derive_seed(seed, settings_key, offset // size)
+
+
+def _batch_pieces(defence: torch.nn.Module, attack: attacks.Attack, images: torch.Tensor, labels: torch.Tensor,
+                  draws: int, device: torch.device, batch: int, batch_size: int, sizes: oom.ChunkSizes,
+                  seeding: tuple[int, str, str]) -> list[dict[str, Any]]:
+    """Batch `batch`'s results, one per piece: the whole batch, or pieces of the evaluation batch size that
+    out-of-memory retries left (each retry is in the `oom_retries` of the piece that then succeeded)."""
+    seed, settings_key, label = seeding
+    start, end = batch * batch_size, min((batch + 1) * batch_size, len(labels))
+    pieces: list[dict[str, Any]] = []
+    first_retry = len(sizes.retries)  # the retries before a piece succeeds are recorded in it
+    while start < end:
+        size = sizes.eval_batch
+        stop = min(end, (start // size + 1) * size)
+        try:
+            result = _batch_result(defence, attack, images[start:stop].to(device), labels[start:stop].to(device),
+                                   draws, piece_seed(seed, settings_key, start, size))
+        except torch.OutOfMemoryError as error:  # handled below, once the error and its frames are released
+            message = str(error)
+        else:
+            retries = sizes.retries[first_retry:]
+            pieces.append({**result, "oom_retries": retries} if retries else result)
+            start, first_retry = stop, len(sizes.retries)
             continue
-        lo, hi = batch * batch_size, min((batch + 1) * batch_size, len(labels))
-        done[str(batch)] = _batch_result(defence, attack, images[lo:hi].to(device), labels[lo:hi].to(device), draws,
-                                         derive_seed(seed, settings_key, batch))
-        if after_batch is not None:
-            after_batch()
-        progress.update()
-    return [done[str(b)] for b in range(n_batches)]
+        oom.after_out_of_memory(sizes, {"batch": batch, "offset": start, "examples": stop - start}, message, label)
+    return pieces
 
 
 def _read_partial(path: Path, cell: EvalCell) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from bench import layout
+from bench.record_checks import deep_problems
 
 if TYPE_CHECKING:
     from bench.grid import EvalCell, TrainStage
@@ -79,8 +79,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def validate_record(record: Any) -> list[str]:
-    """Problems that keep a record from being one (empty when it is valid): missing fields, wrong types,
-    impossible values."""
+    """Problems that keep a record from being one (empty when it is valid): missing fields, wrong types, then
+    impossible or inconsistent values (bench.record_checks)."""
     if not isinstance(record, dict):
         return [f"not a JSON object but a {type(record).__name__}"]
     if record.get("schema_version") not in READABLE_VERSIONS:
@@ -95,18 +95,19 @@ def validate_record(record: Any) -> list[str]:
             problems.append(f"{name} is a {type(value).__name__}")
     if record["status"] == "done" and not problems:
         problems += _result_problems(record)
-    return problems
+    if problems:
+        return problems
+    try:
+        return deep_problems(record)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as error:  # a shape no check foresaw
+        return [f"its content could not be checked: {type(error).__name__}: {error}"]
 
 
 def _result_problems(record: dict[str, Any]) -> list[str]:
-    problems = []
-    for name in ("clean_acc", "robust_acc"):
-        if not (math.isfinite(record[name]) and 0 <= record[name] <= 1):
-            problems.append(f"{name}={record[name]} is not in [0, 1]")
     index = record["per_example"].get("index")
     if not isinstance(index, list) or len(index) != record["n_examples"]:
-        problems.append(f"per_example.index does not hold n_examples={record['n_examples']} entries")
-    return problems
+        return [f"per_example.index does not hold n_examples={record['n_examples']} entries"]
+    return []
 
 
 # --- building records ------------------------------------------------------------------------------------

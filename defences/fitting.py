@@ -1,4 +1,5 @@
-"""Helpers every defence's fit shares: the accuracy of a model on images, and a frozen classifier.
+"""Helpers every defence's fit shares: the accuracy of a model on images, a frozen classifier, and the
+micro-batches of a batch (`batch_slices`).
 
 One accuracy loop for the classifier training check (defences/training.py), AToP's purified accuracy and
 CARSO's training check.
@@ -41,3 +42,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
             yield
     finally:
         module.train(was_training)
+
+
+def batch_slices(total: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` (one more where needed): a last slice of a single example is merged
+    into the one before, because BatchNorm cannot train on one example."""
+    bounds = list(range(0, total, size)) + [total]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -3,11 +3,16 @@
 Deterministic by seed (every epoch re-seeds from (seed, epoch)), resumable from its last finished epoch,
 with a learning-rate schedule evaluated per iteration, standard augmentation for natural images, and a
 collapse check: a run whose clean training accuracy ends near chance raises TrainingCollapsed instead of
-silently producing a useless classifier.
+silently producing a useless classifier. A step that runs out of GPU memory is retried from the same RNG state
+and BatchNorm statistics with the batch split in micro-batches of half the size (the adversarial examples made
+and the gradient accumulated micro-batch by micro-batch, so the effective batch is kept; BatchNorm then sees
+micro-batches), down to 2 examples; the smaller size holds for the rest of the run, and the epochs' records
+and the summary list the retries (`oom_retries`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from defences.base import FitContext
-from defences.fitting import accuracy
+from defences.fitting import accuracy, batch_slices
+from defences.memory import ShrinkingSize, Snapshot
 
 SCHEDULES = ("piecewise", "onecycle", "cosine", "constant")
 OPTIMISERS = ("sgd", "adam")
@@ -109,20 +115,27 @@ def train_classifier(model: nn.Module, train: Any, settings: TrainingSettings, c
     history, start_epoch = ctx.resume(label, settings.epochs, model=model, optimiser=optimiser)
     progress = ctx.progress(label, settings.epochs, every_s=15.0, unit="epochs", done=start_epoch)
     started = time.monotonic()
+    micro = ShrinkingSize("micro_batch", settings.batch_size, floor=2, log=ctx.log)
     for epoch in range(start_epoch, settings.epochs):
-        record = train_epoch(model, optimiser, images, labels, settings, ctx, epoch, perturb)
+        record = train_epoch(model, optimiser, images, labels, settings, ctx, epoch, perturb, micro)
         history.append(record)
         ctx.save_epoch(label, epoch, history, model=model, optimiser=optimiser)
         progress.update(loss=record["loss"], acc=record["batch_accuracy"])
     clean_train_accuracy = accuracy(model, images, labels, ctx.device)
     check_collapse(clean_train_accuracy, labels, settings, label)
+    retries = [r for h in history for r in h.get("oom_retries", [])]
     return {"epochs": settings.epochs, "history": history, "clean_train_accuracy": clean_train_accuracy,
-            "train_seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch}
+            "train_seconds": time.monotonic() - started, "resumed_from_epoch": start_epoch,
+            **({"oom_retries": retries} if retries else {})}
 
 
 def train_epoch(model: nn.Module, optimiser: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                settings: TrainingSettings, ctx: FitContext, epoch: int, perturb: Perturber | None) -> dict[str, float]:
-    """One epoch over a fresh permutation (seeded from the epoch); returns its mean loss and batch accuracy."""
+                settings: TrainingSettings, ctx: FitContext, epoch: int, perturb: Perturber | None,
+                micro: ShrinkingSize | None = None) -> dict[str, Any]:
+    """One epoch over a fresh permutation (seeded from the epoch); returns its mean loss and batch accuracy.
+    A step out of GPU memory is retried with `micro` halved (see the module's docstring)."""
+    micro = micro or ShrinkingSize("micro_batch", settings.batch_size, floor=2, log=ctx.log)
+    first_retry = len(micro.retries)
     generator = ctx.seed_epoch(epoch)
     order = torch.randperm(len(labels), generator=generator)
     steps_per_epoch = math.ceil(len(labels) / settings.batch_size)
@@ -135,28 +148,43 @@ def train_epoch(model: nn.Module, optimiser: torch.optim.Optimizer, images: torc
         if augment:
             x = augment_batch(x, generator)
         x, y = x.to(ctx.device), y.to(ctx.device)
-        if perturb is not None:
-            model.eval()
-            x = perturb(model, x, y, epoch)
-            model.train()
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(settings, epoch + step / steps_per_epoch)
-        logits, loss = optimisation_step(model, optimiser, x, y)
+        snapshot = Snapshot.take([model])
+        logits, loss = micro.retry(functools.partial(training_step, model, optimiser, x, y, epoch, perturb),
+                                   {"epoch": epoch, "step": step}, snapshot.restore)
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-    return {"epoch": epoch, "loss": loss_sum / seen, "batch_accuracy": correct / seen}
+    return {"epoch": epoch, "loss": loss_sum / seen, "batch_accuracy": correct / seen,
+            **({"oom_retries": micro.retries[first_retry:]} if len(micro.retries) > first_retry else {})}
 
 
-def optimisation_step(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor,
-                      y: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """One cross-entropy step on (x, y); returns the logits and the loss."""
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
+def training_step(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                  perturb: Perturber | None, micro_batch: int) -> tuple[torch.Tensor, float]:
+    """The batch's adversarial examples (with `perturb`, model in eval mode) and one optimisation step, both
+    `micro_batch` examples at a time; returns the logits and the loss."""
+    if perturb is not None:
+        model.eval()
+        x = torch.cat([perturb(model, x[rows], y[rows], epoch) for rows in batch_slices(len(y), micro_batch)])
+        model.train()
+    return optimisation_step(model, optimiser, x, y, micro_batch)
+
+
+def optimisation_step(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                      micro_batch: int | None = None) -> tuple[torch.Tensor, float]:
+    """One cross-entropy step on (x, y), the gradient of the batch mean accumulated over micro-batches of
+    `micro_batch` examples (None: the whole batch at once); returns the logits and the loss."""
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    logits, total = [], 0.0
+    for rows in batch_slices(len(y), micro_batch or len(y)):
+        out = model(x[rows])
+        loss = F.cross_entropy(out, y[rows]) * ((rows.stop - rows.start) / len(y))
+        loss.backward()
+        logits.append(out.detach())
+        total += loss.item()
     optimiser.step()
-    return logits, loss.item()
+    return torch.cat(logits), total
 
 
 def check_collapse(clean_train_accuracy: float, labels: torch.Tensor, settings: TrainingSettings,

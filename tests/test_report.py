@@ -110,7 +110,9 @@ def write_grid_fixture(root: Path) -> Path:
         elif state == "partial":
             (cells_dir / f"{record_name}.partial").write_text(json.dumps({"batches": {"0": {"clean": []}}}))
     first = json.loads((cells_dir / f"cifar10_toy.at.aa.s0.{CELLS[0][0]}.json").read_text())
-    stray = {**first, "key": "stale", "robust_acc": 0.0}  # a valid record of an older plan
+    never_robust = [[0] * len(row) for row in first["per_example"]["robust_draws"]]
+    stray = {**first, "key": "stale", **_accuracies(never_robust, "robust"),  # a valid record of an older plan
+             "per_example": {**first["per_example"], "robust_draws": never_robust}}
     (cells_dir / "cifar10_toy.at.aa.s0.stale.json").write_text(json.dumps(stray))
     (cells_dir / "cifar10_toy.at.aa.s0.forged.json").write_text('{"status": "done"}')  # quarantined on read
     (results / ".plan").mkdir()

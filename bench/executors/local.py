@@ -67,15 +67,21 @@ class LocalExecutor(Executor):
         return outcomes
 
     def _submit(self, function: Any) -> Any:
-        """Start a job that ignores SIGINT: a Ctrl-C reaches this process alone, which stops the jobs itself
-        (submitit's job controller would print a traceback); the jobs end with this process in any case."""
-        if threading.current_thread() is not threading.main_thread():
+        """Start a job deaf to SIGINT: a Ctrl-C reaches this process alone, which stops the jobs itself
+        (submitit's job controller would print a traceback); the jobs end with this process in any case.
+
+        SIGINT is blocked in this thread while the job starts, and the job's processes inherit the blocked mask.
+        Ignoring it instead (SIG_IGN) would also make this process drop a SIGINT that arrives meanwhile, and a
+        submission (pickling the job, starting its controller) lasts long enough on a loaded machine for an
+        interrupt to land there and go unheeded; a blocked one stays pending and is acted on once unblocked
+        (or at once by another thread's handler, which wakes the main thread)."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
             return self.executor.submit(function)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             return self.executor.submit(function)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def _loop(self, waiting: list, running: dict, outcomes: dict, limit: int, poll: float) -> None:
         while waiting or running:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from defences.atop.params import AToPParams
-from defences.atop.purifiers import InpaintingGenerator, MaskedAutoencoder, PatchDiscriminator
+from defences.atop.purifiers import InpaintingGenerator, MaskedAutoencoder, PatchDiscriminator, set_checkpointing
 from defences.atop.training import train_purifier
 from defences.atop.transforms import PatchGrid, RandomTransform, compose
 from defences.base import Defence, FitContext, Task
@@ -32,6 +32,12 @@ DIAGNOSTIC_EXAMPLES = 512
 
 
 def build_purifier(params: AToPParams, task: Task) -> nn.Module:
+    purifier = _purifier(params, task)
+    set_checkpointing(purifier, params.gradient_checkpointing)
+    return purifier
+
+
+def _purifier(params: AToPParams, task: Task) -> nn.Module:
     c, h, w = task.image_shape
     if params.purifier == "gan":
         return InpaintingGenerator(c, h, w, params.generator_width, params.generator_stages,

@@ -36,6 +36,9 @@ class AToPParams:
     ae_decoder_dim: int = 512
     ae_decoder_depth: int = 8
     ae_decoder_heads: int = 16
+    # recompute each purifier layer in the backward pass instead of keeping its activations (training, and attacks
+    # that differentiate through the purifier): less memory, about one more purifier forward per backward
+    gradient_checkpointing: bool = False
     # L_org (Eq. 9 / L_mae)
     gan_loss: str = "hinge"
     gan_weight: float = 1.0

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from defences.memory import run_layers
+
 
 def _check_image(x_t: torch.Tensor, mask: torch.Tensor, channels: int) -> None:
     if x_t.dim() != 4 or x_t.shape[1] != channels:
@@ -85,12 +87,14 @@ class InpaintingStage(nn.Module):
         last = max(c // 2, 1) if full else c
         self.up_full = nn.Sequential(GatedConv2d(2 * c, c), *([GatedConv2d(c, last)] if full else []))
         self.to_image = nn.Conv2d(last, channels, 3, padding=1)
+        self.checkpointed = False  # gradient checkpointing per gated convolution (set_checkpointing)
 
     def forward(self, x_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         height, width = x_t.shape[-2:]
-        h = self.middle(self.encoder(torch.cat([x_t, mask], dim=1)))
-        h = self.up_middle(F.interpolate(h, size=((height + 1) // 2, (width + 1) // 2), mode="nearest"))
-        h = self.up_full(F.interpolate(h, size=(height, width), mode="nearest"))
+        h = run_layers([*self.encoder, *self.middle], torch.cat([x_t, mask], dim=1), self.checkpointed)
+        h = run_layers(self.up_middle, F.interpolate(h, size=((height + 1) // 2, (width + 1) // 2), mode="nearest"),
+                       self.checkpointed)
+        h = run_layers(self.up_full, F.interpolate(h, size=(height, width), mode="nearest"), self.checkpointed)
         return torch.sigmoid(self.to_image(h))
 
 
@@ -114,6 +118,13 @@ class InpaintingGenerator(nn.Module):
         for stage in self.stages[1:]:
             out = stage(mask * x_t + (1 - mask) * out, mask)
         return out
+
+
+def set_checkpointing(purifier: nn.Module, enabled: bool) -> None:
+    """Gradient checkpointing on or off in every part of a purifier that supports it."""
+    for module in purifier.modules():
+        if hasattr(module, "checkpointed"):
+            module.checkpointed = enabled
 
 
 class PatchDiscriminator(nn.Module):
@@ -166,6 +177,7 @@ class MaskedAutoencoder(nn.Module):
         self.to_pixels = nn.Linear(decoder_dim, patch_pixels)
         for parameter in (self.position, self.mask_token, self.decoder_position):
             nn.init.normal_(parameter, std=0.02)
+        self.checkpointed = False  # gradient checkpointing per transformer layer (set_checkpointing)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         b, c, _, _ = images.shape
@@ -183,8 +195,15 @@ class MaskedAutoencoder(nn.Module):
         visible = self.patchify(mask).mean(dim=2) > 0.5
         hidden = self.embed(self.patchify(x_t)) + self.position
         # a fully masked example would leave attention with nothing to attend to: let it see every token
-        hidden = self.encoder(hidden, src_key_padding_mask=~(visible | ~visible.any(1, keepdim=True)))
+        padding = ~(visible | ~visible.any(1, keepdim=True))
+        if self.checkpointed and torch.is_grad_enabled():
+            hidden = run_layers(self.encoder.layers, hidden, True, src_key_padding_mask=padding)
+        else:
+            hidden = self.encoder(hidden, src_key_padding_mask=padding)
         hidden = self.to_decoder(self.encoder_norm(hidden))
         hidden = torch.where(visible.unsqueeze(2), hidden, self.mask_token.to(hidden.dtype))
-        hidden = self.decoder_norm(self.decoder(hidden + self.decoder_position))
+        hidden = hidden + self.decoder_position
+        decoded = run_layers(self.decoder.layers, hidden, True) if self.checkpointed and torch.is_grad_enabled() \
+            else self.decoder(hidden)
+        hidden = self.decoder_norm(decoded)
         return torch.sigmoid(self.unpatchify(self.to_pixels(hidden)))

@@ -72,6 +72,7 @@ class Carso(Defence):
             fjoint=arch["fjoint"], depth=arch["depth"], decoder_channels=params.decoder_channels,
             decoder_style=params.decoder_style, input_channels=params.input_encoder_channels,
         ).to(_module_device(classifier))
+        self.purifier.decoder.checkpointed = params.gradient_checkpointing
         self.classifier.eval()
 
     def train(self, mode: bool = True) -> Carso:

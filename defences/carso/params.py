@@ -42,6 +42,9 @@ class CarsoParams:
     epochs: int = 200
     batch_size: int = 5120
     micro_batch: int | None = None  # examples per forward/backward (gradients accumulated); None: whole batch
+    # recompute each decoder block in the backward pass instead of keeping its activations (training and attacks
+    # that differentiate through the decoder): less memory, about one more decoder forward per backward
+    gradient_checkpointing: bool = False
     adversarial_fraction: float = 0.5
     training_budget: str = "paper"
     train_eps: float | None = None  # None: the scenario's eps

@@ -24,12 +24,13 @@ of the captured tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 DECODER_STYLES = ("auto", "table10", "table11")
 SLOPE = 0.2
@@ -105,6 +106,7 @@ class Decoder(nn.Module):
         layers.append(nn.ConvTranspose2d(channels[-1], image_channels, kernel_size=self.geometry.last_kernel,
                                          stride=1, padding=1, bias=True))
         self.deconv = nn.Sequential(*layers)
+        self.checkpointed = False  # gradient checkpointing of each upsampling block (CarsoParams)
 
     def forward(self, z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return self.decode(z, self.code_term(code))
@@ -120,9 +122,41 @@ class Decoder(nn.Module):
         hidden = activation(F.linear(z, linear.weight[:, :z.shape[1]]) + code_term).view(-1, *self.start_shape)
         if hidden.device.type == "cpu":  # CPU transposed convolutions run ~2x faster on channels-last tensors
             hidden = hidden.contiguous(memory_format=torch.channels_last)
-        for layer in self.deconv:
-            hidden = _stride_one_as_conv(layer, hidden) if _is_stride_one_transpose(layer) else layer(hidden)
+        layers = list(self.deconv)
+        if not (self.checkpointed and torch.is_grad_enabled()):
+            return _run_layers(layers, hidden).contiguous()
+        # one checkpoint per upsampling block (transposed conv, BatchNorm, activation) and one for the last layer:
+        # only the blocks' inputs are kept for the backward pass, each block recomputed there in turn
+        for block in [layers[i:i + 3] for i in range(0, len(layers) - 1, 3)] + [layers[-1:]]:
+            hidden = checkpoint(_recomputable(block), hidden, use_reentrant=False)
         return hidden.contiguous()
+
+
+def _run_layers(layers: Sequence[nn.Module], hidden: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    for layer in layers:
+        if recompute and isinstance(layer, nn.BatchNorm2d) and layer.training:
+            # the recomputation normalises with the batch's statistics as the first pass did (the same call, so
+            # the same tensors saved), but updates copies of the running statistics, which it drops: the first
+            # pass already updated them once
+            hidden = F.batch_norm(hidden, layer.running_mean.clone(), layer.running_var.clone(), layer.weight,
+                                  layer.bias, True, layer.momentum or 0.1, layer.eps)
+        elif _is_stride_one_transpose(layer):
+            hidden = _stride_one_as_conv(layer, hidden)
+        else:
+            hidden = layer(hidden)
+    return hidden
+
+
+def _recomputable(layers: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layers as a function for torch.utils.checkpoint: the first call is the forward pass, later ones the
+    recomputation in the backward pass."""
+    calls = [0]
+
+    def run(hidden: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return _run_layers(layers, hidden, recompute=calls[0] > 1)
+
+    return run
 
 
 def _is_stride_one_transpose(layer: nn.Module) -> bool:

@@ -16,12 +16,18 @@
   on one, batch 5120 of WRN-28-10 representations does not fit); BatchNorm then sees micro-batches, as it
   saw per-GPU batches there. The perturbed rows are shuffled into the batch first, so every micro-batch mixes
   clean and perturbed examples.
+- Out of GPU memory in a step, the step is retried with `micro_batch` halved (None counts as the batch size;
+  floor 2, as BatchNorm needs two examples) from the same RNG states and BatchNorm statistics
+  (defences.memory), keeping the effective batch, so the retried step is the one an unretried run with the
+  smaller micro-batch takes; the smaller size holds for the rest of the run, and each epoch's record lists
+  its retries (`oom_retries`, also in the summary).
 - Resumable: every epoch saves the purifier, the optimiser and the history through FitContext, and every
   epoch re-seeds all RNGs from (seed, epoch), so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -37,7 +43,8 @@ from defences.carso.lookahead import Lookahead
 from defences.carso.params import CarsoParams
 from defences.carso.purifier import Purifier
 from defences.carso.representation import capture
-from defences.fitting import frozen
+from defences.fitting import batch_slices, frozen
+from defences.memory import ShrinkingSize, Snapshot
 
 if TYPE_CHECKING:
     from attacks.progress import Progress
@@ -54,15 +61,6 @@ def balanced_counts(batch_size: int, fraction: float) -> list[int]:
     return [base + (1 if kind < remainder else 0) for kind in range(len(ATTACK_KINDS))]
 
 
-def batch_slices(total: int, size: int) -> list[slice]:
-    """Consecutive slices of at most `size` (one more where needed): a last slice of a single example is merged
-    into the one before, because BatchNorm cannot train on one example."""
-    bounds = list(range(0, total, size)) + [total]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        del bounds[-2]
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
 def training_budget(params: CarsoParams, task: Task) -> float:
     """The full training eps in pixel space (see params.py for the two conventions)."""
     eps = params.train_eps if params.train_eps is not None else task.eps
@@ -72,14 +70,15 @@ def training_budget(params: CarsoParams, task: Task) -> float:
 
 
 def balanced_batch(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, counts: Sequence[int], eps: float,
-                   params: CarsoParams, norm: str = "Linf") -> tuple[torch.Tensor, torch.Tensor]:
+                   params: CarsoParams, norm: str = "Linf",
+                   micro_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, kinds): the first sum(counts) examples perturbed by kind, the rest clean (kind 0).
 
-    The batch comes shuffled, so its first examples are a random subset. Attacks run on at most
-    `params.micro_batch` examples at a time.
+    The batch comes shuffled, so its first examples are a random subset. Attacks run on at most `micro_batch`
+    (default `params.micro_batch`) examples at a time.
     """
     inputs, kinds = x.clone(), torch.zeros(len(x), dtype=torch.long, device=x.device)
-    chunk = params.micro_batch or len(x)
+    chunk = micro_batch or params.micro_batch or len(x)
     start = 0
     for kind, ((name, scale), count) in enumerate(zip(ATTACK_KINDS, counts, strict=True), start=1):
         budget = eps * scale
@@ -174,9 +173,10 @@ def train_purifier(defence: RepresentationDefence, train: Any, ctx: FitContext) 
     progress = ctx.progress("carso purifier", (params.epochs - start_epoch) * len(batches), every_s=30.0,
                             unit="batches")
     started = time.monotonic()
+    micro = ShrinkingSize("micro_batch", params.micro_batch or params.batch_size, floor=2, log=ctx.log)
     with frozen(defence.classifier):
         for epoch in range(start_epoch, params.epochs):
-            record = train_epoch(defence, train, ctx, epoch, optimiser, batches, eps, progress)
+            record = train_epoch(defence, train, ctx, epoch, optimiser, batches, eps, progress, micro)
             history.append(record)
             ctx.save_epoch(PHASE, epoch, history, purifier=defence.purifier, optimiser=optimiser)
             ctx.log.info("carso epoch %d/%d: loss %.4g (bce %.4g, kl %.4g, beta %.3g), lr %.3g", epoch + 1,
@@ -184,12 +184,31 @@ def train_purifier(defence: RepresentationDefence, train: Any, ctx: FitContext) 
     optimiser.use_slow_weights()  # also after a resume that found every epoch done (state loaded above)
     defence.purifier.eval()
     return {"epochs": params.epochs, "history": history, "train_seconds": time.monotonic() - started,
-            "resumed_from_epoch": start_epoch, "training_eps": eps, "steps_per_epoch": len(batches)}
+            "resumed_from_epoch": start_epoch, "training_eps": eps, "steps_per_epoch": len(batches),
+            **({"oom_retries": retries} if (retries := [r for h in history for r in h.get("oom_retries", [])])
+               else {})}
+
+
+def training_step(defence: RepresentationDefence, x: torch.Tensor, y: torch.Tensor, counts: list[int],
+                  eps_beta: tuple[float, float], optimiser: Lookahead, generator: torch.Generator,
+                  micro_batch: int) -> tuple[float, dict[str, float]]:
+    """One batch's perturbed inputs and accumulated gradient (the caller steps the optimiser), `micro_batch`
+    examples at a time; (seconds spent attacking, the batch's losses)."""
+    eps, beta = eps_beta
+    optimiser.zero_grad(set_to_none=True)
+    tick = time.monotonic()
+    inputs, _ = balanced_batch(defence.classifier, x, y, counts, eps, defence.params, defence.task.norm, micro_batch)
+    seconds = time.monotonic() - tick
+    # spread the perturbed rows over the micro-batches (BatchNorm sees mixed batches, as in §4.4)
+    mixed = torch.randperm(len(y), generator=generator).to(x.device)
+    return seconds, purifier_step(defence.purifier, defence.classifier, defence.layers, inputs[mixed], x[mixed], beta,
+                                  micro_batch)
 
 
 def train_epoch(defence: RepresentationDefence, train: Any, ctx: FitContext, epoch: int, optimiser: Lookahead,
-                batches: list[slice], eps: float, progress: Progress) -> dict[str, Any]:
-    """One epoch over a fresh permutation (seeded from the epoch) at its LR and KL weight; returns its record."""
+                batches: list[slice], eps: float, progress: Progress, micro: ShrinkingSize) -> dict[str, Any]:
+    """One epoch over a fresh permutation (seeded from the epoch) at its LR and KL weight; returns its record.
+    A step out of GPU memory is retried with `micro` halved (see the module's docstring)."""
     params = defence.params
     generator = ctx.seed_epoch(epoch, PHASE)
     order = torch.randperm(len(train.labels), generator=generator)
@@ -198,19 +217,15 @@ def train_epoch(defence: RepresentationDefence, train: Any, ctx: FitContext, epo
         group["lr"] = lr
     totals = {"loss": 0.0, "bce": 0.0, "kl": 0.0}
     attack_seconds, seen, epoch_started = 0.0, 0, time.monotonic()
-    adversarial = [0] * len(ATTACK_KINDS)
-    for rows in batches:
+    adversarial, first_retry = [0] * len(ATTACK_KINDS), len(micro.retries)
+    for number, rows in enumerate(batches):
         index = order[rows]
         x, y = train.float_images(index).to(ctx.device), train.labels[index].to(ctx.device)
         counts = balanced_counts(len(y), params.adversarial_fraction)
-        tick = time.monotonic()
-        inputs, _ = balanced_batch(defence.classifier, x, y, counts, eps, params, defence.task.norm)
-        attack_seconds += time.monotonic() - tick
-        # spread the perturbed rows over the micro-batches (BatchNorm sees mixed batches, as in §4.4)
-        mixed = torch.randperm(len(y), generator=generator).to(ctx.device)
-        optimiser.zero_grad(set_to_none=True)
-        losses = purifier_step(defence.purifier, defence.classifier, defence.layers, inputs[mixed], x[mixed], beta,
-                               params.micro_batch)
+        snapshot = Snapshot.take([defence.purifier], [generator])
+        step = functools.partial(training_step, defence, x, y, counts, (eps, beta), optimiser, generator)
+        seconds, losses = micro.retry(step, {"epoch": epoch, "batch": number}, snapshot.restore)
+        attack_seconds += seconds
         optimiser.step()
         for name, value in losses.items():
             totals[name] += value * len(y)
@@ -219,4 +234,5 @@ def train_epoch(defence: RepresentationDefence, train: Any, ctx: FitContext, epo
         progress.update(epoch=epoch, loss=losses["loss"])
     return {"epoch": epoch, "lr": lr, "kl_beta": beta, **{k: v / seen for k, v in totals.items()},
             "adversarial_per_kind": adversarial, "attack_seconds": attack_seconds,
-            "seconds": time.monotonic() - epoch_started}
+            "seconds": time.monotonic() - epoch_started,
+            **({"oom_retries": micro.retries[first_retry:]} if len(micro.retries) > first_retry else {})}
