@@ -22,7 +22,7 @@ N = 100
 EPS = {"Linf": 0.1, "L2": 0.8}
 STEPS = 25
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.determinism]
 
 
 @pytest.fixture(scope="module")

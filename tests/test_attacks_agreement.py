@@ -133,6 +133,7 @@ def test_pgd_eot_equals_the_reference_pgd_on_a_deterministic_model(cnn, data, eo
     assert robust_count(cnn, ours, y) == robust_count(cnn, reference, y) < robust_count(cnn, x, y)
 
 
+@pytest.mark.determinism
 def test_batched_eot_gradient_equals_the_loop(cnn, data):
     _, _, x, y = data
     x, y = x[:10], y[:10]
@@ -150,6 +151,7 @@ def test_eot_samples_are_independent_draws(noisy, data):
     assert not torch.allclose(estimate.loss[0], estimate.loss[1])
 
 
+@pytest.mark.determinism
 def test_autoattack_leaves_the_callers_rng_stream_alone_and_is_reproducible(noisy, data):
     _, _, x, y = data
     x, y = x[:20], y[:20]

@@ -45,6 +45,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_the_mismatch(tmp_p
         load_native("Cui2023Decoupled_WRN-28-10", tmp_path, "cifar10", "Linf")
 
 
+@pytest.mark.determinism
 def test_cui2023_checkpoint_round_trip(tmp_path):
     from bench.zoo import WideResNet
     from bench.zoo.robustbench import CIFAR100_MEAN, CIFAR100_STD
@@ -97,6 +98,7 @@ def robustbench_model(package, name: str, dataset: str, threat: str) -> nn.Modul
     return zoo.model_dicts[enums.BenchmarkDataset(dataset)][enums.ThreatModel(threat)][name]["model"]()
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("dataset,threat,name", sorted(ENTRIES))
 def test_native_models_match_robustbench_logit_for_logit(tmp_path, robustbench_package, dataset, threat, name):
     load_model = robustbench_package[2].load_model
@@ -135,6 +137,7 @@ PACKAGE_ENTRIES = [
 ]
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("dataset,threat,name", PACKAGE_ENTRIES)
 def test_zoo_entries_load_offline_as_robustbench_loads_them(tmp_path, robustbench_package, dataset, threat, name):
     import sys
