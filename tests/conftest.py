@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+THREADS_VARIABLE = "BENCH_TEST_THREADS"
+
+
+def _threads_from_environment() -> int | None:
+    """BENCH_TEST_THREADS=N runs every test under N torch CPU threads, the tests that pick one thread for speed
+    included: results must not depend on the thread count, and this is how that is checked."""
+    value = os.environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{THREADS_VARIABLE} must be a positive integer (torch CPU threads), got {value!r}")
+    return int(value)
+
+
+FORCED_THREADS = _threads_from_environment()
+
+
+def torch_threads_for_tests(default: int = 1) -> int:
+    """The torch thread count a test or fixture should use: BENCH_TEST_THREADS where set, else `default`."""
+    return FORCED_THREADS or default
+
+
+torch.set_num_threads(FORCED_THREADS or min(2, torch.get_num_threads()))
+
+
+def pytest_report_header() -> str:
+    return f"torch threads: {torch.get_num_threads()} ({THREADS_VARIABLE}={FORCED_THREADS or 'unset'})"
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): one thread is as
-    fast alone and far faster on a shared, oversubscribed CPU. The previous count is restored afterwards."""
+    fast alone and far faster on a shared, oversubscribed CPU (BENCH_TEST_THREADS overrides it). The previous
+    count is restored afterwards."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_threads_for_tests())
     yield
     torch.set_num_threads(threads)
 
@@ -38,7 +67,7 @@ def digits8_cnn():
     from bench.benchmarks.toys import TinyCNN, digits8, fit_classifier
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(torch_threads_for_tests())
     torch.manual_seed(0)
     train_x, train_y = digits8("train")
     model = fit_classifier(TinyCNN(), train_x, train_y, epochs=10, seed=0)
@@ -95,3 +124,17 @@ def edited_source(monkeypatch):
     fingerprint._code_closure.cache_clear()
     yield lambda *names: (edited.update(names), fingerprint._code_closure.cache_clear())
     fingerprint._code_closure.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def robustbench_package():
+    """robustbench's (model_zoo, model_zoo.enums, utils) modules, imported as the harness imports them; skips where
+    the `robustbench` extra is not installed, except on CI (CI=true), which installs it: there it is an error."""
+    from bench.zoo.robustbench import robustbench_modules
+
+    try:
+        return robustbench_modules("robustbench.model_zoo", "robustbench.model_zoo.enums", "robustbench.utils")
+    except ImportError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"the robustbench extra is not installed here: {' '.join(str(error).split())}")

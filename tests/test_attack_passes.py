@@ -52,6 +52,7 @@ class _BackwardInPerturb(Attack):
         return x
 
 
+@pytest.mark.determinism
 def test_attack_runs_without_weight_gradients_and_restores_the_flags():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -71,6 +72,7 @@ def test_attack_runs_without_weight_gradients_and_restores_the_flags():
     assert [p.requires_grad for p in model.parameters()] == flags
 
 
+@pytest.mark.determinism
 def test_real_attack_gives_the_same_point_with_or_without_weight_gradients():
     """PGD through the public entry point (weights frozen) equals PGD's perturb on a model whose weights require
     gradients: skipping the weight gradients changes no input gradient."""

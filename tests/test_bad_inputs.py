@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_GRID  # as pytest imports it: robustbench's wheel installs a `tests` package of its own
 
 from bench.run import main as run_main
-from tests.conftest import TINY_GRID
 
 REPO = Path(__file__).resolve().parent.parent
 

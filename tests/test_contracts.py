@@ -83,6 +83,7 @@ def test_attack_output_respects_the_threat_model(name, norm, eps):
     assert (x_adv != x).any()  # it did attack (every point starts correct)
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_is_deterministic_under_a_seed(name):
     model, x, y = linear_problem()
@@ -221,6 +222,7 @@ def test_defence_builds_fits_a_step_and_classifies(name, fitted):
     assert defence.classifier is not None and defence.task == DEFENCE_TASK
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("name", DEFENCES)
 def test_defence_save_load_round_trip_gives_identical_outputs(name, fitted):
     defence, folder = fitted(name)

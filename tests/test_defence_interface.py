@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import defences
@@ -15,6 +16,7 @@ def _classifier() -> torch.nn.Module:
     return build_architecture("small_cnn", in_channels=1, num_classes=10, image_size=32).eval()
 
 
+@pytest.mark.determinism
 def test_save_load_round_trip_reproduces_outputs(tmp_path):
     torch.manual_seed(0)
     trained = defences.build("at", classifier=_classifier(), task=TASK)

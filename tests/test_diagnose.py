@@ -39,14 +39,12 @@ def data(digits8_data):
 
 
 @pytest.fixture(scope="module")
-def cnn(data):
-    torch.set_num_threads(1)
+def cnn(data, one_torch_thread):
     return fit_classifier(TinyCNN(), data[0], data[1], epochs=10, seed=0)
 
 
 @pytest.fixture(scope="module")
-def quantised(data):
-    torch.set_num_threads(1)
+def quantised(data, one_torch_thread):
     defence = QuantisingDefence(TinyCNN(), toy_task(), QuantisingDefence.Params(levels=5))
     fit_classifier(defence.classifier, data[0], data[1], epochs=10, seed=0, transform=defence.purify)
     return defence.eval()
@@ -305,7 +303,7 @@ def test_an_adversarially_trained_cnn_is_not_flagged_for_loss_masking(data):
 
 
 @pytest.fixture(scope="module")
-def small_carso():
+def small_carso(one_torch_thread):
     """A real CARSO (defences/carso, double-exp aggregation) on 32x32 digits: a SmallCNN trained for 3 epochs and
     the decoder fitted to reconstruct the images from their representation codes (60 Adam steps instead of the
     full CVAE training: enough for CARSO to classify like its classifier)."""
@@ -314,7 +312,6 @@ def small_carso():
     from bench.zoo import SmallCNN
     from defences.base import Task
 
-    torch.set_num_threads(1)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     train_x, train_y = train.float_images(), train.labels
     torch.manual_seed(0)

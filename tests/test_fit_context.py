@@ -48,6 +48,7 @@ def fit(tmp_path, epochs: int, meters: list[RecordingMeter]) -> nn.Module:
     return model
 
 
+@pytest.mark.determinism
 def test_the_loop_reports_to_the_context_meter_and_resumes_where_it_stopped(tmp_path):
     meters: list[RecordingMeter] = []
     fit(tmp_path / "a", 2, meters)

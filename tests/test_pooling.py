@@ -11,6 +11,8 @@ from bench.benchmarks.speed import with_torch_pooling
 from bench.zoo.pooling import MaxPool2d
 from bench.zoo.small_cnn import SmallCNN
 
+pytestmark = pytest.mark.determinism
+
 
 def _hard_input(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """ReLU-like maps with many exact ties (zeros and a clamp value) and a few NaNs."""

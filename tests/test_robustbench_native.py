@@ -1,7 +1,7 @@
 """`robustbench:<name>` read natively from RobustBench's checkpoint layout, and checked against RobustBench's classes.
 
-The tests against RobustBench's own model classes run only where `robustbench` imports (robustbench 1.1.1
-needs setuptools < 81 for pkg_resources); the rest run everywhere.
+The tests against RobustBench's own model classes run where the `robustbench` extra is installed (CI installs it;
+elsewhere they skip, see the `robustbench_package` fixture); the rest run everywhere.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_the_mismatch(tmp_p
         load_native("Cui2023Decoupled_WRN-28-10", tmp_path, "cifar10", "Linf")
 
 
+@pytest.mark.determinism
 def test_cui2023_checkpoint_round_trip(tmp_path):
     from bench.zoo import WideResNet
     from bench.zoo.robustbench import CIFAR100_MEAN, CIFAR100_STD
@@ -91,20 +92,18 @@ def test_preact_shortcut_source_changes_only_the_projection_input():
 
 # --- against RobustBench's own classes (only where robustbench imports) --------------------------------------
 
-def _robustbench_model(name: str, dataset: str, threat: str) -> nn.Module:
-    from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+def robustbench_model(package, name: str, dataset: str, threat: str) -> nn.Module:
+    """A fresh (randomly initialised) model of RobustBench's zoo, built by RobustBench's own constructor."""
+    zoo, enums, _ = package
+    return zoo.model_dicts[enums.BenchmarkDataset(dataset)][enums.ThreatModel(threat)][name]["model"]()
 
-    return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][name]["model"]()
 
-
+@pytest.mark.determinism
 @pytest.mark.parametrize("dataset,threat,name", sorted(ENTRIES))
-def test_native_models_match_robustbench_logit_for_logit(tmp_path, dataset, threat, name):
-    pytest.importorskip("robustbench.utils", reason="robustbench does not import here (needs setuptools<81)")
-    from robustbench.utils import load_model
-
+def test_native_models_match_robustbench_logit_for_logit(tmp_path, robustbench_package, dataset, threat, name):
+    load_model = robustbench_package[2].load_model
     torch.manual_seed(3)
-    theirs = randomise_batchnorm(_robustbench_model(name, dataset, threat))
+    theirs = randomise_batchnorm(robustbench_model(robustbench_package, name, dataset, threat))
     save_robustbench_style(theirs.state_dict(), checkpoint_path(tmp_path, dataset, threat, name))
     theirs = load_model(model_name=name, model_dir=str(tmp_path), dataset=dataset, threat_model=threat).eval()
     ours = load_native(name, tmp_path, dataset, threat)
@@ -114,8 +113,7 @@ def test_native_models_match_robustbench_logit_for_logit(tmp_path, dataset, thre
 
 
 @pytest.mark.parametrize("block,shortcut_from", [("PreActBlock", "input"), ("PreActBlockV2", "activated")])
-def test_preact_resnet18_matches_robustbench_preactresnet(block, shortcut_from):
-    pytest.importorskip("robustbench.utils", reason="robustbench does not import here (needs setuptools<81)")
+def test_preact_resnet18_matches_robustbench_preactresnet(robustbench_package, block, shortcut_from):
     from robustbench.model_zoo.architectures import resnet
 
     torch.manual_seed(4)
@@ -126,3 +124,54 @@ def test_preact_resnet18_matches_robustbench_preactresnet(block, shortcut_from):
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+# --- the rest of the zoo, through the robustbench package (where the extra is installed) ----------------------
+
+# Four architectures RobustBench builds itself (none of them native here), on two datasets.
+PACKAGE_ENTRIES = [
+    ("cifar10", "Linf", "Ding2020MMA"),                 # WideResNet-28-4
+    ("cifar10", "Linf", "Sehwag2021Proxy_R18"),         # ResNet-18
+    ("cifar10", "Linf", "Rebuffi2021Fixing_R18_ddpm"),  # DeepMind's PreAct ResNet-18 (SiLU, normalising)
+    ("cifar100", "Linf", "Rice2020Overfitting"),        # PreAct ResNet-18, 100 classes
+]
+
+
+@pytest.mark.determinism
+@pytest.mark.parametrize("dataset,threat,name", PACKAGE_ENTRIES)
+def test_zoo_entries_load_offline_as_robustbench_loads_them(tmp_path, robustbench_package, dataset, threat, name):
+    import sys
+
+    assert (dataset, threat, name) not in ENTRIES
+    torch.manual_seed(5)
+    saved = randomise_batchnorm(robustbench_model(robustbench_package, name, dataset, threat))
+    save_robustbench_style(saved.state_dict(), checkpoint_path(tmp_path, dataset, threat, name))
+    had_autoattack = "autoattack" in sys.modules
+    ours, provenance = load_classifier(f"robustbench:{name}", **SHAPE, model_dir=tmp_path, dataset=dataset,
+                                       threat_model=threat)
+    assert ("autoattack" in sys.modules) == had_autoattack  # the alias lasts only while robustbench imports
+    theirs = robustbench_package[2].load_model(model_name=name, model_dir=str(tmp_path), dataset=dataset,
+                                                threat_model=threat)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = ours(x)
+        # the same class, the same weights, the same input shapes in this process: the same kernels, bit for bit
+        assert torch.equal(logits, theirs(x)) and torch.equal(logits, saved(x))
+    assert logits.shape == (3, 10 if dataset == "cifar10" else 100) and logits.std(0).min() > 0
+    assert not ours.training and provenance["pretrained"] is True and provenance["dataset"] == dataset
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("a checkpoint ran code",))
+
+
+def test_a_zoo_checkpoint_that_would_run_code_is_refused(tmp_path, robustbench_package, capsys):
+    dataset, threat, name = PACKAGE_ENTRIES[0]
+    state = robustbench_model(robustbench_package, name, dataset, threat).state_dict()
+    path = checkpoint_path(tmp_path, dataset, threat, name)
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": state, "extra": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):  # torch >= 2.6 reads weights only by default
+        load_classifier(f"robustbench:{name}", **SHAPE, model_dir=tmp_path, dataset=dataset, threat_model=threat)
+    assert "ran code" not in capsys.readouterr().out

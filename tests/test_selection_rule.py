@@ -69,6 +69,7 @@ def test_the_closed_form_matches_many_draws(noisy_problem):
     assert 0.3 < exact.mean() < 0.95  # points at every distance from the boundary
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "cw"])
 def test_default_attacks_reach_the_exact_expected_accuracy_and_never_overstate_it(noisy_problem, name):
     model, x, y, optimum = noisy_problem
@@ -172,6 +173,7 @@ def previous_pgd(attack: PGD, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     {"name": "pgd", "restarts": 1, "steps": 8, "norm": "L2", "eps": 0.5, "loss": "dlr"},
     {"name": "cw", "restarts": 2, "steps": 10},
 ])
+@pytest.mark.determinism
 def test_deterministic_models_give_the_same_outputs_as_before(settings):
     generator = torch.Generator().manual_seed(4)
     model = LinearClassifier(torch.randn(4, DIM, generator=generator), torch.zeros(4)).eval()

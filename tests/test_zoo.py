@@ -303,7 +303,7 @@ def test_unknown_source_forms_are_refused(source):
 def test_robustbench_source_without_the_package_explains_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "robustbench", None)  # makes the import fail even if installed
     monkeypatch.setitem(sys.modules, "robustbench.utils", None)
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[robustbench\]'"):
+    with pytest.raises(ImportError, match=r"-e '\.\[robustbench\]'"):
         load_classifier("robustbench:Wang2023Better_WRN-28-10", **SHAPE)
 
 

@@ -9,7 +9,8 @@ forward+backward passes over the batch; the raw cost is exactly those passes (mo
 cross-entropy, input gradient) with no attack logic, once as a loop of per-EOT-sample batches (what
 torchattacks does) and once in the chunks the harness uses. Each timing is the best of `repeats` runs,
 interleaved in a shuffled order, so that a noisy shared machine hurts all methods alike. Targets: harness no slower than
-torchattacks and within 1.15x of the raw cost.
+torchattacks and within 1.15x of the raw cost. torchattacks is not a dependency of the harness: its row (and the
+"vs torchattacks" column, nan without it) needs `pip install --no-deps torchattacks==3.5.1`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from attacks.eot import default_max_batch, eot_passes
 from bench.benchmarks.toys import NoisyDefence, toy_task
 from bench.runtime import resolve_device
 from bench.zoo.small_cnn import SmallCNN
+
+REFERENCE = "torchattacks EOTPGD (loop)"  # timed only where torchattacks is installed (no extra installs it)
 
 
 def build_model(device: torch.device) -> NoisyDefence:
@@ -75,13 +78,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_methods(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   eps: float, chunkings: list[int]) -> dict[str, Callable[[], object]]:
-    """Every timed method by name: torchattacks, the raw passes, the harness at each chunking."""
-    import torchattacks
-
+    """Every timed method by name: torchattacks (where it is installed), the raw passes, the harness at each
+    chunking."""
     methods: dict[str, Callable[[], object]] = {}
-    torchattacks_attack = torchattacks.EOTPGD(model, eps=eps, alpha=0.007, steps=args.steps, eot_iter=args.eot,
-                                              random_start=False)
-    methods["torchattacks EOTPGD (loop)"] = lambda: torchattacks_attack(x, y)
+    try:
+        import torchattacks
+    except ImportError:
+        print(f"torchattacks is not installed: no {REFERENCE!r} row. `pip install --no-deps torchattacks==3.5.1` "
+              "adds it (EOTPGD needs none of its declared deps), best in a venv of its own: its wheel also installs "
+              "a stale top-level robustbench/ over the real one")
+    else:
+        reference = torchattacks.EOTPGD(model, eps=eps, alpha=0.007, steps=args.steps, eot_iter=args.eot,
+                                        random_start=False)
+        methods[REFERENCE] = lambda: reference(x, y)
     methods[f"raw passes, loop of {args.batch}"] = lambda: raw_passes(model, x, y, args.steps, args.eot, args.batch)
     for chunk in chunkings:
         harness = attacks.build("pgd_eot", eps=eps, steps=args.steps, eot=args.eot, max_batch=chunk)
@@ -107,7 +116,7 @@ def interleaved_timings(methods: dict[str, Callable[[], object]], repeats: int,
 
 def print_timings(timings: dict[str, float], batch: int, chunkings: list[int]) -> None:
     raw_loop = timings[f"raw passes, loop of {batch}"]
-    reference = timings["torchattacks EOTPGD (loop)"]
+    reference = timings.get(REFERENCE, float("nan"))
     width = max(map(len, timings))
     print(f"{'method':<{width}}  seconds  vs raw loop  vs torchattacks")
     for name, seconds in timings.items():

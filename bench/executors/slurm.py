@@ -1,7 +1,8 @@
 """SLURM executor: training stages and evaluation cells as submitit array jobs on a cluster.
 
 `python -m bench.run grid=NAME executor=slurm slurm.profile=NAME [wait=false]`
-- Resources come from a cluster profile (slurm/profiles/NAME.yaml, or a path): defaults for every job, a
+- Resources come from a cluster profile (NAME: slurm/profiles/NAME.yaml here, else the shipped
+  bench/conf/slurm_profile/NAME.yaml; or a path): defaults for every job, a
   `train` and an `eval` section, and `rules` that change resources for matching jobs (a defence, an attack).
 - Jobs with the same resources form one array; arrays are cut below the cluster's MaxArraySize. Training
   levels go first (a stage on a base stage waits for the base's array); evaluation arrays wait for every
@@ -30,7 +31,7 @@ import yaml
 from attacks.progress import Progress
 from attacks.registry import closest_hint
 from bench import layout
-from bench.conffiles import ConfigError
+from bench.conffiles import CONF_DIR, ConfigError
 from bench.executors.base import Executor
 from bench.executors.slurm_queue import query_job_states, state_word
 from bench.grid import Plan
@@ -40,7 +41,10 @@ from bench.options import RunOptions, SlurmOptions
 from bench.planfile import read_plan
 
 LOG = logging.getLogger("bench.executors")
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+# The shipped profiles are package data (bench/conf/slurm_profile/, installed with the package); a user's own go in
+# slurm/profiles/ under the working directory (looked at first) or anywhere, named by path.
+PROFILE_DIR = CONF_DIR / "slurm_profile"
+USER_PROFILE_DIR = Path("slurm") / "profiles"
 RESOURCE_KEYS = ("partition", "account", "qos", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min",
                  "constraint", "exclusive", "setup", "sbatch", "signal_delay_s")
 PROFILE_KEYS = ("description", "defaults", "train", "eval", "rules")
@@ -51,7 +55,17 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 # --- cluster profiles -------------------------------------------------------------------------------------
 
 def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    return sorted({p.stem for folder in (USER_PROFILE_DIR, PROFILE_DIR) for p in folder.glob("*.yaml")})
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A .yaml/.yml path as given; a name: slurm/profiles/NAME.yaml in the working directory if there is one,
+    else the shipped bench/conf/slurm_profile/NAME.yaml."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    user = USER_PROFILE_DIR / f"{name_or_path}.yaml"
+    return user if user.is_file() else PROFILE_DIR / f"{name_or_path}.yaml"
 
 
 def _check_resources(resources: Any, where: str) -> dict[str, Any]:
@@ -85,11 +99,10 @@ class ClusterProfile:
 
     @classmethod
     def load(cls, name_or_path: str) -> ClusterProfile:
-        path = Path(name_or_path)
-        if path.suffix not in (".yaml", ".yml"):
-            path = PROFILE_DIR / f"{name_or_path}.yaml"
+        path = profile_path(name_or_path)
         if not path.exists():
-            raise ConfigError(f"unknown SLURM profile {name_or_path!r} (looked for {path}). "
+            where = path if path.parent != PROFILE_DIR else f"{USER_PROFILE_DIR / path.name} and {path}"
+            raise ConfigError(f"unknown SLURM profile {name_or_path!r} (looked for {where}). "
                               f"{closest_hint(str(name_or_path), available_profiles())} A path to a .yaml works too.")
         raw = yaml.safe_load(path.read_text()) or {}
         return cls.from_dict(path.stem, raw, where=str(path))

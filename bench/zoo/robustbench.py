@@ -10,16 +10,25 @@ when present and strips the `module.` and `model.` prefixes. The same file is re
   wide_resnet_28_10 with activation silu;
 - Standard (cifar10, Linf/L2): WideResNet(depth=28, widen_factor=10), no normalisation -> trades_wide_resnet.
 
-Other names fall back to the robustbench package when it imports (`pip install -e '.[robustbench]'`,
-which pins a setuptools that still ships pkg_resources). The robustbench 1.1.1 wheel needs
-`pkg_resources`, which setuptools >= 81 no longer ships, and torchattacks' wheel installs an old
-`robustbench/` of its own that can shadow the real one: the native path needs neither.
+Every other name of RobustBench's zoo goes through the robustbench package (`pip install -e '.[robustbench]'`):
+its `load_model` builds the architecture and reads the same file (torch >= 2.6 reads it weights-only). robustbench
+1.1.1 imports `pkg_resources` (the extra pins setuptools < 81) and, for its evaluation code, the GitHub AutoAttack
+package as `autoattack`, which PyPI does not carry: `robustbench_modules` serves that name from pyautoattack (the
+same code, published under another name) while robustbench imports, and removes the alias afterwards. The native
+path needs none of this.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -106,19 +115,57 @@ def load_native(name: str, model_dir: str | Path, dataset: str, threat_model: st
     return model.eval()
 
 
-def load_with_package(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> nn.Module:
-    """Any other RobustBench model, through the robustbench package (downloads when the file is missing)."""
+@contextlib.contextmanager
+def _autoattack_from_pyautoattack() -> Iterator[None]:
+    """`autoattack` and its submodules served by the already imported pyautoattack ones, for the duration of the
+    block; names already in sys.modules (a real AutoAttack, say) are left alone, and only the added ones removed."""
     try:
-        from robustbench.utils import load_model
+        real = importlib.util.find_spec("autoattack") is not None
+    except ValueError:  # in sys.modules without a spec
+        real = True
+    if real:
+        yield
+        return
+    import pyautoattack.state  # noqa: F401  (robustbench imports autoattack.state)
+
+    aliases = {"autoattack" + name.removeprefix("pyautoattack"): module for name, module in list(sys.modules.items())
+               if name == "pyautoattack" or name.startswith("pyautoattack.")}
+    added = {name: module for name, module in aliases.items() if name not in sys.modules}
+    sys.modules.update(added)
+    try:
+        yield
+    finally:
+        for name, module in added.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+
+
+def robustbench_modules(*names: str) -> list[ModuleType]:
+    """The robustbench modules `names` (e.g. "robustbench.utils"), imported with `autoattack` supplied from
+    pyautoattack; an ImportError says how to install the extra."""
+    try:
+        with _autoattack_from_pyautoattack(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            return [importlib.import_module(name) for name in names]
+    except ImportError as error:
+        raise ImportError(
+            f"the robustbench package does not import ({error}). Install the extra with "
+            f"pip install -c bench/constraints.txt -e '.[robustbench]' (robustbench 1.1.1, setuptools<81 for its "
+            f"pkg_resources import; a stale top-level robustbench/ left by torchattacks' wheel shadows the real one: "
+            f"pip uninstall torchattacks robustbench, then install the extra again)."
+        ) from error
+
+
+def load_with_package(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> nn.Module:
+    """Any other RobustBench model, through the robustbench package (which downloads the file when it is
+    missing; offline, put it at `checkpoint_path(...)` first)."""
+    try:
+        utils, = robustbench_modules("robustbench.utils")
     except ImportError as error:
         native = sorted({f"{key[2]} ({key[0]}, {key[1]})" for key in ENTRIES})
-        raise ImportError(
-            f"robustbench:{name} ({dataset}, {threat_model}) is not one of the models loaded natively ({native}), "
-            f"and the robustbench package does not import ({error}). Install it with "
-            f"pip install -e '.[robustbench]' (which pins setuptools<81 for its pkg_resources import; if "
-            f"torchattacks' bundled 'robustbench' folder shadows it, reinstall robustbench after torchattacks)."
-        ) from error
-    return load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
+        raise ImportError(f"robustbench:{name} ({dataset}, {threat_model}) is not one of the models loaded natively "
+                          f"({native}), and {error}") from error
+    return utils.load_model(model_name=name, model_dir=str(model_dir), dataset=dataset, threat_model=threat_model)
 
 
 def load_robustbench(name: str, model_dir: str | Path, dataset: str, threat_model: str) -> nn.Module:
