@@ -12,8 +12,9 @@ Claims, with each attack built by `attacks.build` at its default budget and seed
   network, and the solver reproduces stored margins;
 - every attack's points lie inside the exact box (up to float32 rounding), and no attack ever breaks a
   verified-robust point (that would be a bug in the threat-model check or in the network evaluation);
-- `aa` and `adaptive` reach the exact robust accuracy within one example. At full budget they cost 5-30 s of
-  CPU per network, so the default run checks them on `FULL_BUDGET` networks and the `slow` run on all of them.
+- `aa` and `adaptive` reach the exact robust accuracy within one example. At full budget they cost 5-20 s of
+  CPU per network (one thread), so the default run checks them on the `FULL_BUDGET` networks (one trained
+  plainly, one adversarially; about 25 s together) and `-m slow` on the other three.
 """
 
 from __future__ import annotations

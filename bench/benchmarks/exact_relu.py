@@ -42,7 +42,7 @@ SLACK = 1e-5  # added to LP-tightened pre-activation bounds
 POINTS = 100  # the first POINTS test digits
 SHAPE = (1, 8, 8)
 CLASSES = 10
-ATTACKS = ("aa", "adaptive", "apgd_ce", "apgd_dlr", "pgd")
+ATTACKS = ("aa", "adaptive", "apgd_ce", "apgd_dlr", "pgd", "fgsm")
 
 
 @dataclass(frozen=True)
