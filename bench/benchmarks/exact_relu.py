@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [a for a in names if a not in attacks.names()]
     if unknown:
         parser.error(f"unknown attack(s) {unknown}; valid: {', '.join(attacks.names())}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     if args.write is not None:
         write_bank(args.write)
