@@ -1,5 +1,5 @@
-"""AutoAttack and its parts: `aa` (standard), `randaa` (for randomised defences), `apgd_ce`, `apgd_dlr` and
-`square`, with every budget exposed. APGD is the harness's own (attacks.apgd: pyautoattack's iterates on a
+"""AutoAttack and its parts: `aa` (standard), `randaa` (for randomised defences), `apgd_ce`, `apgd_dlr`, `apgd_t`,
+`fab_t` and `square`, with every budget exposed. APGD is the harness's own (attacks.apgd: pyautoattack's iterates on a
 deterministic model, with batched EOT); FAB and Square are pyautoattack's.
 
 pyautoattack's own driver (`AutoAttack.run_standard_evaluation`) is not used, for three known problems with
@@ -231,6 +231,22 @@ class APGDDLR(AutoAttackBase):
     """APGD on the DLR loss alone (100 steps, 1 restart; needs at least 3 classes)."""
 
     attacks: list[str] = field(default_factory=lambda: ["apgd-dlr"])
+
+
+@dataclass
+class APGDT(AutoAttackBase):
+    """APGD-T alone: targeted DLR towards each of the `target_classes` most likely other classes in turn (capped
+    at classes - 1), each target a round on the points still standing (needs at least 4 classes)."""
+
+    attacks: list[str] = field(default_factory=lambda: ["apgd-t"])
+
+
+@dataclass
+class FABT(AutoAttackBase):
+    """FAB-T alone (pyautoattack's targeted FAB over the `target_classes` most likely other classes): for
+    deterministic models (its steps follow one forward pass each)."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fab-t"])
 
 
 @dataclass
