@@ -32,14 +32,22 @@ stores it per batch in the record's `attack_report`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from attacks.adaptive_members import (CASCADES, FROM_WORST, MADRY_SPAN, WorstCase, build_member, cascade_components,
-                                      run_member, skip_reasons)
+from attacks.adaptive_members import (
+    CASCADES,
+    FROM_WORST,
+    MADRY_SPAN,
+    WorstCase,
+    build_member,
+    cascade_components,
+    run_member,
+    skip_reasons,
+)
 from attacks.adaptive_stop import RoundEvidence, keep_unless_better, paired_rescore
 from attacks.base import Attack, require_at_least_one
 from attacks.protocol import score_points
@@ -116,7 +124,8 @@ class Adaptive(Attack):
             components[name], left_out = cascade_components(name, num_classes, "square" not in skip_reasons(
                 ["square"], model, x, num_classes, self.norm))
             if left_out:
-                skipped[f"{name}:{','.join(left_out)}"] = f"too few classes ({num_classes}) or L2 Square on small images"
+                skipped[f"{name}:{','.join(left_out)}"] = (f"too few classes ({num_classes}) or L2 Square on small "
+                                                           "images")
         active = [m for m in wanted if m not in skipped]
         if not active:  # robust accuracy would silently equal clean accuracy
             raise ValueError(f"no member of adaptive can run on this model: {skipped}")
@@ -159,8 +168,9 @@ class Adaptive(Attack):
             report["stopped"] = self._stop_reason(evidence, names, worst, escalation, stochastic)
             if report["stopped"]:
                 break
-        points, rate, report["final_check"] = keep_unless_better(
-            model, y, reference, worst.point, FINAL_CHECK_DRAWS * draws, derive_seed(base_seed, "adaptive-final") % 2**31)
+        final_seed = derive_seed(base_seed, "adaptive-final") % 2**31
+        points, rate, report["final_check"] = keep_unless_better(model, y, reference, worst.point,
+                                                                 FINAL_CHECK_DRAWS * draws, final_seed)
         report["final_check"]["draws"] = FINAL_CHECK_DRAWS * draws
         report["accuracy"] = rate.mean().item()
         self.last_report = report
