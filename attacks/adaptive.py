@@ -9,7 +9,8 @@ examples still correct on some draw (attacks/adaptive_members.py):
 - deterministic models: APGD-DLR, then margin PGD from each example's worst point (a restart from it);
 - stochastic models: for purifier defences margin PGD on the classifier alone (the transfer attack) and BPDA+EOT
   from the worst point so far; margin PGD+EOT from the worst point (for purifiers a start transferred from the
-  classifier-only and BPDA candidates wherever they are the worst so far); APGD-T with EOT; Square last.
+  classifier-only and BPDA candidates wherever they are the worst so far); APGD-T with EOT, one target class at a
+  time (most likely first) while the last target broke examples beyond re-scoring noise; Square last.
 A member that cannot run (too few classes, no purifier, FAB on a stochastic model, L2 Square on small images) is
 skipped and the reason recorded.
 
@@ -160,7 +161,7 @@ class Adaptive(Attack):
         reference = self._cascade(model, x, y, plan, base_seed, stochastic, report)
         worst = WorstCase(reference.clone(), *score_points(model, reference, y, draws))
         report["clean_accuracy"] = score_points(model, x, y, draws)[0].mean().item()
-        context = (model, x, y, worst, draws, base_seed, stochastic)
+        context = (model, x, y, worst, draws, base_seed, stochastic, num_classes)
         names = [m for m in plan["active"] if m not in CASCADES]
         for escalation in range(self.max_escalations + 1):
             evidence, names = self._round(context, "escalation" if escalation else "members", names, escalation,
@@ -213,7 +214,7 @@ class Adaptive(Attack):
         """`names` in order, each on the examples still correct on some draw; updates the worst case, re-scores it
         with fresh common draws and appends the round to `report`. Returns its evidence and the members that
         broke examples."""
-        model, x, y, worst, draws, base_seed, stochastic = context
+        model, x, y, worst, draws, base_seed, stochastic, _ = context
         if not names:
             return None, []
         started, members, before = time.time(), {}, worst.point.clone()
@@ -223,8 +224,9 @@ class Adaptive(Attack):
             todo = (worst.rate > 0).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
-            members[name] = self._offer(context, name, todo, budget,
-                                        derive_seed(base_seed, "adaptive", round_, name) % 2**31)
+            seed = derive_seed(base_seed, "adaptive", round_, name) % 2**31
+            offer = self._offer_targets if name == "apgd_t" else self._offer
+            members[name] = offer(context, name, todo, budget, seed)
         rate, margin, evidence = paired_rescore(model, y, before, worst.point, draws,
                                                 derive_seed(base_seed, "adaptive-rescore", round_) % 2**31)
         worst.rate, worst.margin = rate, margin
@@ -232,12 +234,33 @@ class Adaptive(Attack):
                                "accuracy": rate.mean().item(), **evidence.as_dict(), "seconds": time.time() - started})
         return evidence, [m for m, entry in members.items() if entry["broke"] > 0]
 
+    def _offer_targets(self, context: tuple, name: str, todo: torch.Tensor, budget: dict[str, Any],
+                       seed: int) -> dict[str, Any]:
+        """APGD-T one target class at a time, most likely first, each on the examples still standing, while the
+        last target broke examples beyond re-scoring noise (the stopping rule, on that target's changes)."""
+        model, x, y, worst, draws, _, stochastic, num_classes = context
+        started, entry, targets = time.time(), {"attacked": int(todo.numel()), "kept": 0, "broke": 0}, []
+        for rank in range(1, max(1, min(self.target_classes, num_classes - 1)) + 1):
+            todo = (worst.rate > 0).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            before = worst.point[todo].clone()
+            result = self._offer(context, name, todo, budget, derive_seed(seed, rank) % 2**31, rank)
+            _, _, evidence = paired_rescore(model, y[todo], before, worst.point[todo], draws,
+                                            derive_seed(seed, rank, "rescore") % 2**31)
+            entry["kept"], entry["broke"] = entry["kept"] + result["kept"], entry["broke"] + result["broke"]
+            targets.append({"target": rank, "attacked": result["attacked"], **evidence.as_dict()})
+            if not evidence.productive(self.min_new, self.alpha, stochastic):
+                break
+        return {**entry, "targets": targets, "start": "own", "selection_accuracy": worst.rate.mean().item(),
+                "seconds": time.time() - started}
+
     def _offer(self, context: tuple, name: str, todo: torch.Tensor, budget: dict[str, Any],
-               seed: int) -> dict[str, Any]:
+               seed: int, target_rank: int | None = None) -> dict[str, Any]:
         """Run member `name` on the examples `todo` and offer its candidates to the worst case."""
-        model, x, y, worst, draws, _, _ = context
+        model, x, y, worst, draws = context[:5]
         started = time.time()
-        member = build_member(self, name, budget, seed, [])
+        member = build_member(self, name, budget, seed, [], target_rank)
         from_worst = name in FROM_WORST
         candidate = run_member(member, model, x[todo], y[todo], seed, worst.point[todo] if from_worst else None)
         rate_before = worst.rate[todo].clone()

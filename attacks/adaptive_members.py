@@ -74,8 +74,10 @@ def cascade_components(name: str, num_classes: int, square_ok: bool) -> tuple[li
     return [c for c in wanted if c not in unfit], [c for c in wanted if c in unfit]
 
 
-def build_member(adaptive: Any, name: str, budget: dict[str, Any], seed: int, components: list[str]) -> Attack:
-    """Member `name` built through the registry with the round's `budget` (attacks/adaptive.py: round_budget)."""
+def build_member(adaptive: Any, name: str, budget: dict[str, Any], seed: int, components: list[str],
+                 target_rank: int | None = None) -> Attack:
+    """Member `name` built through the registry with the round's `budget` (attacks/adaptive.py: round_budget);
+    `target_rank`: APGD-T on that one target class (1 = the most likely other class) alone."""
     from attacks import build
 
     common = {"eps": adaptive.eps, "norm": adaptive.norm}
@@ -90,6 +92,8 @@ def build_member(adaptive: Any, name: str, budget: dict[str, Any], seed: int, co
     if name in ("apgd_ce", "apgd_dlr"):
         return build(name, **common, **apgd)
     if name == "apgd_t":
+        if target_rank is not None:
+            return build(name, **common, **apgd, target_classes=target_rank, first_target=target_rank)
         return build(name, **common, **apgd, **targets)
     if name == "fab_t":
         return build(name, **common, **targets, fab_steps=budget["fab_steps"], seed=seed)

@@ -95,7 +95,7 @@ class AutoAttackBase(Attack):
         self._check_applicable(x, num_classes)
         class_order = self._class_order(model, x, draws) if "apgd-t" in self.attacks else None
         for name in self.attacks:
-            for round_ in range(self._rounds(name, num_classes)):
+            for round_ in range(self._first_round(name), self._rounds(name, num_classes)):
                 todo = (best_rate > 0).nonzero().squeeze(1)
                 if todo.numel() == 0:
                     return best
@@ -165,6 +165,9 @@ class AutoAttackBase(Attack):
         if name == "apgd-t":
             return self._targets(num_classes)
         return 1
+
+    def _first_round(self, name: str) -> int:
+        return 0
 
     def _targets(self, num_classes: int) -> int:
         return max(1, min(self.target_classes, num_classes - 1))
@@ -239,6 +242,16 @@ class APGDT(AutoAttackBase):
     at classes - 1), each target a round on the points still standing (needs at least 4 classes)."""
 
     attacks: list[str] = field(default_factory=lambda: ["apgd-t"])
+    first_target: int = 1  # targets first_target..target_classes (in order of likelihood): one target alone as a run
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.first_target <= self.target_classes:
+            raise ValueError(f"first_target must be in [1, target_classes = {self.target_classes}], got "
+                             f"{self.first_target}")
+
+    def _first_round(self, name: str) -> int:
+        return self.first_target - 1
 
 
 @dataclass
