@@ -14,10 +14,6 @@ examples still correct on some draw (attacks/adaptive_members.py):
 A member that cannot run (too few classes, no purifier, FAB on a stochastic model, L2 Square on small images) is
 skipped and the reason recorded.
 
-On stochastic models PGD+EOT and BPDA+EOT also attack the examples every selection draw already misclassifies
-(still from their worst point: it keeps a point at no correct draw only with a larger margin), since K draws all
-wrong do not make a point wrong on every later draw.
-
 Every candidate is scored by `selection_draws` fresh passes (1 for a deterministic model) and each example keeps
 the candidate that the fewest draws classify correctly, ties broken by the larger mean margin. After each round
 the kept points are re-scored with fresh draws (a minimum over noisy scores would flatter the attack). Last, an
@@ -164,9 +160,8 @@ class Adaptive(Attack):
             "min_new": self.min_new, "alpha": self.alpha, "max_escalations": self.max_escalations, "path": []}
         reference = self._cascade(model, x, y, plan, base_seed, stochastic, report)
         worst = WorstCase(reference.clone(), *score_points(model, reference, y, draws))
-        clean_rate = score_points(model, x, y, draws)[0]
-        report["clean_accuracy"] = clean_rate.mean().item()
-        context = (model, x, y, worst, draws, base_seed, stochastic, num_classes, clean_rate > 0)
+        report["clean_accuracy"] = score_points(model, x, y, draws)[0].mean().item()
+        context = (model, x, y, worst, draws, base_seed, stochastic, num_classes)
         names = [m for m in plan["active"] if m not in CASCADES]
         for escalation in range(self.max_escalations + 1):
             evidence, names = self._round(context, "escalation" if escalation else "members", names, escalation,
@@ -219,17 +214,14 @@ class Adaptive(Attack):
         """`names` in order, each on the examples still correct on some draw; updates the worst case, re-scores it
         with fresh common draws and appends the round to `report`. Returns its evidence and the members that
         broke examples."""
-        model, x, y, worst, draws, base_seed, stochastic, _, clean_correct = context
+        model, x, y, worst, draws, base_seed, stochastic, _ = context
         if not names:
             return None, []
         started, members, before = time.time(), {}, worst.point.clone()
         round_ = len(report["path"])
         budget = self.round_budget(escalation, stochastic)
         for name in names:
-            # on a stochastic model, K draws all wrong is not "broken for good": PGD+EOT and BPDA+EOT from the
-            # worst point push every clean-correct example further (its margin), as a fixed-budget attack would
-            consolidate = stochastic and name in FROM_WORST
-            todo = ((clean_correct | (worst.rate > 0)) if consolidate else worst.rate > 0).nonzero().squeeze(1)
+            todo = (worst.rate > 0).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             seed = derive_seed(base_seed, "adaptive", round_, name) % 2**31
@@ -246,7 +238,7 @@ class Adaptive(Attack):
                        seed: int) -> dict[str, Any]:
         """APGD-T one target class at a time, most likely first, each on the examples still standing, while the
         last target broke examples beyond re-scoring noise (the stopping rule, on that target's changes)."""
-        model, x, y, worst, draws, _, stochastic, num_classes, _ = context
+        model, x, y, worst, draws, _, stochastic, num_classes = context
         started, entry, targets = time.time(), {"attacked": int(todo.numel()), "kept": 0, "broke": 0}, []
         for rank in range(1, max(1, min(self.target_classes, num_classes - 1)) + 1):
             todo = (worst.rate > 0).nonzero().squeeze(1)
