@@ -17,8 +17,8 @@ skipped and the reason recorded.
 Every candidate is scored by `selection_draws` fresh passes (1 for a deterministic model) and each example keeps
 the candidate that the fewest draws classify correctly, ties broken by the larger mean margin. After each round
 the kept points are re-scored with fresh draws (a minimum over noisy scores would flatter the attack). Last, an
-example whose point differs from the cascade's keeps it only if, under 4 x `selection_draws` common draws (the
-same draws of the defence's randomness for both points), fewer draws classify it correctly than the cascade's.
+example whose point differs from the cascade's gets the cascade's back where, under 4 x `selection_draws` common
+draws (the same draws of the defence's randomness for both points), more draws classify it correctly.
 
 Escalation: after the members' round, only the members that broke examples are run again, on the survivors, with
 twice the steps, queries and (stochastic models) EOT, PGD+EOT and BPDA+EOT from each example's current worst
@@ -145,7 +145,7 @@ class Adaptive(Attack):
           evidence: attacks/adaptive_stop.py), `seconds`};
         - `stopped`: why it stopped; `final_check`: {`draws`, `compared`, `restored`}: the examples whose point
           differs from the cascade's, and those given back the cascade's point because under `draws` common
-          draws the later point was not strictly less often correct; `accuracy`: the result's rate under them.
+          draws the later point was more often correct; `accuracy`: the result's rate under them.
         """
         self.last_report = None
         stochastic = bool(getattr(model, "stochastic", False))

@@ -66,17 +66,18 @@ def paired_rescore(model: nn.Module, y: torch.Tensor, before: torch.Tensor, afte
 
 def keep_unless_better(model: nn.Module, y: torch.Tensor, reference: torch.Tensor, chosen: torch.Tensor, draws: int,
                        seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-    """Per example `chosen` where, under common draws, fewer draws classify it correctly than `reference`, else
+    """Per example `chosen` where, under common draws, no more draws classify it correctly than `reference`, else
     `reference`; with the kept points' correct rates under those draws and the counts compared and restored.
 
     The last guard of adaptive's superset: `reference` is AutoAttack's result, and a later member's point that
-    won its selection by luck does not replace it unless it is also better under these `draws` paired passes."""
+    won its selection by luck does not replace it where it is worse under these `draws` paired passes (on a tie
+    the later point stays: it won the selection, and under these draws both are equally good)."""
     differ = (chosen != reference).flatten(1).any(1)
     if not bool(differ.any()):
         return chosen, seeded_score(model, chosen, y, draws, seed)[0], {"compared": 0, "restored": 0}
     chosen_rate, _ = seeded_score(model, chosen, y, draws, seed)
     reference_rate, _ = seeded_score(model, reference, y, draws, seed)
-    restore = differ & (chosen_rate >= reference_rate)
+    restore = differ & (chosen_rate > reference_rate)
     shape = (-1, *[1] * (chosen.dim() - 1))
     points = torch.where(restore.view(shape), reference, chosen)
     rate = torch.where(restore, reference_rate, chosen_rate)

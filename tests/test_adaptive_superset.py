@@ -9,7 +9,7 @@ Stochastic (Gaussian noise in front of the same CNN): one draw decides nothing, 
 common random numbers: the same seeded draws of the noise for both batches (`seeded_score`: same seed, same
 shapes, hence the same noise at every example). An example whose point is the same in both results then scores
 exactly the same, and the comparison is not noise there. Where adaptive's point differs, it replaced randaa's only
-because under 4 x selection_draws common draws (its final check) fewer draws classified it correctly: re-scored
+where under 4 x selection_draws common draws (its final check) no more draws classified it correctly: re-scored
 under exactly those draws (the selection statistic), adaptive is never worse, example by example. An independent
 judge can still disagree by chance where two points are about as good: the paired difference of 64 common draws
 has a standard deviation of at most sqrt(64 / 2) ~ 5.7 draws, so there the test asks that no example be worse by
@@ -88,4 +88,4 @@ def test_on_a_stochastic_model_adaptive_is_no_less_successful_than_randaa_under_
     assert adaptive.last_report["final_check"]["draws"] == check_draws
     checked_randaa, _ = seeded_score(defence, reference, y, check_draws, check_seed)
     checked_adaptive, _ = seeded_score(defence, result, y, check_draws, check_seed)
-    assert bool((checked_adaptive[~same] < checked_randaa[~same]).all())
+    assert bool((checked_adaptive <= checked_randaa).all())
