@@ -16,9 +16,11 @@ skipped and the reason recorded.
 
 Every candidate is scored by `selection_draws` fresh passes (1 for a deterministic model) and each example keeps
 the candidate that the fewest draws classify correctly, ties broken by the larger mean margin. After each round
-the kept points are re-scored with fresh draws (a minimum over noisy scores would flatter the attack). Last, an
-example whose point differs from the cascade's gets the cascade's back where, under 4 x `selection_draws` common
-draws (the same draws of the defence's randomness for both points), more draws classify it correctly.
+the kept points are re-scored with fresh draws (a minimum over noisy scores would flatter the attack). On
+stochastic models PGD+EOT also attacks the examples every selection draw already misclassifies (from their worst
+point, which it replaces only with a larger margin): K draws all wrong do not make a point wrong on later draws.
+Last, an example whose point differs from the cascade's gets the cascade's back where, under 4 x `selection_draws`
+common draws (the same draws of the defence's randomness for both points), more draws classify it correctly.
 
 Escalation: after the members' round, only the members that broke examples are run again, on the survivors, with
 twice the steps, queries and (stochastic models) EOT, PGD+EOT and BPDA+EOT from each example's current worst
@@ -160,8 +162,9 @@ class Adaptive(Attack):
             "min_new": self.min_new, "alpha": self.alpha, "max_escalations": self.max_escalations, "path": []}
         reference = self._cascade(model, x, y, plan, base_seed, stochastic, report)
         worst = WorstCase(reference.clone(), *score_points(model, reference, y, draws))
-        report["clean_accuracy"] = score_points(model, x, y, draws)[0].mean().item()
-        context = (model, x, y, worst, draws, base_seed, stochastic, num_classes)
+        clean_rate = score_points(model, x, y, draws)[0]
+        report["clean_accuracy"] = clean_rate.mean().item()
+        context = (model, x, y, worst, draws, base_seed, stochastic, num_classes, clean_rate > 0)
         names = [m for m in plan["active"] if m not in CASCADES]
         for escalation in range(self.max_escalations + 1):
             evidence, names = self._round(context, "escalation" if escalation else "members", names, escalation,
@@ -214,14 +217,17 @@ class Adaptive(Attack):
         """`names` in order, each on the examples still correct on some draw; updates the worst case, re-scores it
         with fresh common draws and appends the round to `report`. Returns its evidence and the members that
         broke examples."""
-        model, x, y, worst, draws, base_seed, stochastic, _ = context
+        model, x, y, worst, draws, base_seed, stochastic, _, clean_correct = context
         if not names:
             return None, []
         started, members, before = time.time(), {}, worst.point.clone()
         round_ = len(report["path"])
         budget = self.round_budget(escalation, stochastic)
         for name in names:
-            todo = (worst.rate > 0).nonzero().squeeze(1)
+            # on a stochastic model K draws all wrong is not "broken for good": PGD+EOT from the worst point pushes
+            # every clean-correct example further (a point at no correct draw is replaced only by a larger margin)
+            consolidate = stochastic and name == "pgd_eot"
+            todo = ((clean_correct | (worst.rate > 0)) if consolidate else worst.rate > 0).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             seed = derive_seed(base_seed, "adaptive", round_, name) % 2**31
@@ -238,7 +244,7 @@ class Adaptive(Attack):
                        seed: int) -> dict[str, Any]:
         """APGD-T one target class at a time, most likely first, each on the examples still standing, while the
         last target broke examples beyond re-scoring noise (the stopping rule, on that target's changes)."""
-        model, x, y, worst, draws, _, stochastic, num_classes = context
+        model, x, y, worst, draws, _, stochastic, num_classes, _ = context
         started, entry, targets = time.time(), {"attacked": int(todo.numel()), "kept": 0, "broke": 0}, []
         for rank in range(1, max(1, min(self.target_classes, num_classes - 1)) + 1):
             todo = (worst.rate > 0).nonzero().squeeze(1)
