@@ -156,3 +156,19 @@ def test_settings_are_validated_and_defaults_are_full_strength():
         attacks.build("adaptive", max_escalations=-1)
     with pytest.raises(ValueError, match="unknown setting"):
         attacks.build("adaptive", tolerance=0.01)
+
+
+def test_every_member_is_a_registry_name_and_apgd_t_runs_one_target_alone():
+    from attacks.adaptive import MEMBERS
+
+    assert set(MEMBERS) <= set(attacks.names()) and {"apgd_t", "fab_t"} <= set(MEMBERS)
+    with pytest.raises(ValueError, match="first_target must be in"):
+        attacks.build("apgd_t", first_target=4, target_classes=3)
+    torch.manual_seed(0)
+    model, weight, bias, x, y = linear_problem("Linf")
+    second = attacks.build("apgd_t", eps=EPS["Linf"], apgd_steps=10, target_classes=2, first_target=2, seed=1)
+    both = attacks.build("apgd_t", eps=EPS["Linf"], apgd_steps=10, target_classes=2, seed=1)
+    second(model, x, y)
+    both(model, x, y)
+    # one target's APGD run costs 10 steps per attacked point; the pair runs the first target on all points too
+    assert second.counts["backward_examples"] < both.counts["backward_examples"]
