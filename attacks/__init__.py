@@ -27,6 +27,8 @@ REGISTRY = Registry(
         "randaa": "attacks.autoattack:AutoAttackRand",
         "apgd_ce": "attacks.autoattack:APGDCE",
         "apgd_dlr": "attacks.autoattack:APGDDLR",
+        "apgd_t": "attacks.autoattack:APGDT",
+        "fab_t": "attacks.autoattack:FABT",
         "square": "attacks.autoattack:Square",
         "pgd_eot": "attacks.eot:EOTPGD",
         "bpda_eot": "attacks.bpda:BPDAEOT",

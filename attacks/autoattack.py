@@ -1,5 +1,5 @@
-"""AutoAttack and its parts: `aa` (standard), `randaa` (for randomised defences), `apgd_ce`, `apgd_dlr` and
-`square`, with every budget exposed. APGD is the harness's own (attacks.apgd: pyautoattack's iterates on a
+"""AutoAttack and its parts: `aa` (standard), `randaa` (for randomised defences), `apgd_ce`, `apgd_dlr`, `apgd_t`,
+`fab_t` and `square`, with every budget exposed. APGD is the harness's own (attacks.apgd: pyautoattack's iterates on a
 deterministic model, with batched EOT); FAB and Square are pyautoattack's.
 
 pyautoattack's own driver (`AutoAttack.run_standard_evaluation`) is not used, for three known problems with
@@ -95,7 +95,7 @@ class AutoAttackBase(Attack):
         self._check_applicable(x, num_classes)
         class_order = self._class_order(model, x, draws) if "apgd-t" in self.attacks else None
         for name in self.attacks:
-            for round_ in range(self._rounds(name, num_classes)):
+            for round_ in range(self._first_round(name), self._rounds(name, num_classes)):
                 todo = (best_rate > 0).nonzero().squeeze(1)
                 if todo.numel() == 0:
                     return best
@@ -166,6 +166,9 @@ class AutoAttackBase(Attack):
             return self._targets(num_classes)
         return 1
 
+    def _first_round(self, name: str) -> int:
+        return 0
+
     def _targets(self, num_classes: int) -> int:
         return max(1, min(self.target_classes, num_classes - 1))
 
@@ -231,6 +234,32 @@ class APGDDLR(AutoAttackBase):
     """APGD on the DLR loss alone (100 steps, 1 restart; needs at least 3 classes)."""
 
     attacks: list[str] = field(default_factory=lambda: ["apgd-dlr"])
+
+
+@dataclass
+class APGDT(AutoAttackBase):
+    """APGD-T alone: targeted DLR towards each of the `target_classes` most likely other classes in turn (capped
+    at classes - 1), each target a round on the points still standing (needs at least 4 classes)."""
+
+    attacks: list[str] = field(default_factory=lambda: ["apgd-t"])
+    first_target: int = 1  # targets first_target..target_classes (in order of likelihood): one target alone as a run
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.first_target <= self.target_classes:
+            raise ValueError(f"first_target must be in [1, target_classes = {self.target_classes}], got "
+                             f"{self.first_target}")
+
+    def _first_round(self, name: str) -> int:
+        return self.first_target - 1
+
+
+@dataclass
+class FABT(AutoAttackBase):
+    """FAB-T alone (pyautoattack's targeted FAB over the `target_classes` most likely other classes): for
+    deterministic models (its steps follow one forward pass each)."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fab-t"])
 
 
 @dataclass

@@ -126,11 +126,19 @@ class EOTPGD(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.run(model, x, y)[0]
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attack's result and its trace: [steps, B] fraction of EOT samples correct at each iterate."""
+    def start(self, x: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+        """The first iterate: `start` (a point of the threat model, e.g. another attack's result) where given."""
+        if start is not None:
+            return project(start.detach().clone(), x, self.eps, self.norm)
+        return random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attack's result and its trace: [steps, B] fraction of EOT samples correct at each iterate.
+        `start`: the first iterate per example instead of the clean (or random) point."""
         if self.keep_best and is_stochastic(model):
-            return self._run_scored(model, x, y)
-        x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+            return self._run_scored(model, x, y, start)
+        x_adv = self.start(x, start)
         trace = torch.zeros(self.steps, x.shape[0], device=x.device)
         best, best_rate = x_adv.clone(), torch.full((x.shape[0],), 2.0, device=x.device)
         for step in range(self.steps):
@@ -149,9 +157,10 @@ class EOTPGD(Attack):
             return best, trace
         return x_adv, trace
 
-    def _run_scored(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_scored(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """keep_best on a stochastic model: every iterate (and the final one) scored by fresh K-draw passes."""
-        x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+        x_adv = self.start(x, start)
         trace = torch.zeros(self.steps, x.shape[0], device=x.device)
         best, everyone = BestPoints(x_adv), torch.arange(x.shape[0], device=x.device)
         for step in range(self.steps):

@@ -35,7 +35,7 @@ def grid(edit):
                             "noisy": {"name": "bench.benchmarks.toys:NoisyDefence", "base": "standard", "sigma": 0.3}}
         grid["attacks"] = {"helpful": {"name": "test_record_protocol:Helpful"},
                            "adaptive": {"name": "adaptive", "apgd_steps": 3, "pgd_steps": 3, "square_queries": 20,
-                                        "eot": 2, "selection_draws": 2, "max_escalations": 1}}
+                                        "eot": 2, "selection_draws": 2, "max_escalations": 1, "target_classes": 2}}
         grid["eval"] = {"batch_size": 12, "stochastic_draws": 3}
         grid["blocks"] = [{"name": "b", "scenarios": ["digits"], "defences": ["noisy"],
                            "attacks": ["helpful", "adaptive"]}]
@@ -59,9 +59,10 @@ def test_records_keep_robust_below_clean_and_carry_the_attack_report_and_audit(t
     adaptive = records[("noisy", "adaptive")]
     reports = adaptive["attack_report"]
     assert len(reports) == 2  # 24 examples in batches of 12
-    assert all(r["draws"] == 2 and 1 <= len(r["path"]) <= 2 and r["stopped"] for r in reports)
-    assert reports[0]["path"][0]["budget"] == {"apgd_steps": 3, "pgd_steps": 3, "pgd_step_size": 2.5 * 0.15 / 3,
-                                               "square_queries": 20, "eot": 2}
+    assert all(r["draws"] == 2 and 2 <= len(r["path"]) <= 3 and r["stopped"] for r in reports)
+    assert reports[0]["path"][0]["kind"] == "cascade" and list(reports[0]["path"][0]["members"]) == ["randaa"]
+    assert reports[0]["path"][1]["budget"] == {"apgd_steps": 3, "fab_steps": 100, "pgd_steps": 3,
+                                               "pgd_step_size": 2.5 * 0.15 / 3, "square_queries": 20, "eot": 2}
     assert "attack_report" not in helped
     audit = adaptive["randomness_audit"]
     assert audit["clean"]["n"] == 24 and audit["clean"]["draws"] == 3
