@@ -9,7 +9,8 @@ examples still correct on some draw (attacks/adaptive_members.py):
 - deterministic models: APGD-DLR, then margin PGD from each example's worst point (a restart from it);
 - stochastic models: for purifier defences margin PGD on the classifier alone (the transfer attack) and BPDA+EOT
   from the worst point so far; margin PGD+EOT from the worst point (for purifiers a start transferred from the
-  classifier-only and BPDA candidates wherever they are the worst so far); APGD-T with EOT, one target class at a
+  classifier-only and BPDA candidates wherever they are the worst so far; in the first round from the clean point,
+  as `pgd_eot` alone, and from the worst point in the escalations); APGD-T with EOT, one target class at a
   time (most likely first) while the last target broke examples beyond re-scoring noise; Square last.
 A member that cannot run (too few classes, no purifier, FAB on a stochastic model, L2 Square on small images) is
 skipped and the reason recorded.
@@ -45,6 +46,7 @@ from attacks.adaptive_members import (
     CASCADES,
     FROM_WORST,
     MADRY_SPAN,
+    OWN_START_FIRST,
     WorstCase,
     build_member,
     cascade_components,
@@ -232,8 +234,11 @@ class Adaptive(Attack):
             if todo.numel() == 0:
                 break
             seed = derive_seed(base_seed, "adaptive", round_, name) % 2**31
-            offer = self._offer_targets if name == "apgd_t" else self._offer
-            members[name] = offer(context, name, todo, budget, seed)
+            if name == "apgd_t":
+                members[name] = self._offer_targets(context, name, todo, budget, seed)
+            else:
+                from_worst = name in FROM_WORST and not (stochastic and escalation == 0 and name in OWN_START_FIRST)
+                members[name] = self._offer(context, name, todo, budget, seed, from_worst=from_worst)
         rate, margin, evidence = paired_rescore(model, y, before, worst.point, draws,
                                                 derive_seed(base_seed, "adaptive-rescore", round_) % 2**31)
         worst.rate, worst.margin = rate, margin
@@ -263,12 +268,12 @@ class Adaptive(Attack):
                 "seconds": time.time() - started}
 
     def _offer(self, context: tuple, name: str, todo: torch.Tensor, budget: dict[str, Any],
-               seed: int, target_rank: int | None = None) -> dict[str, Any]:
-        """Run member `name` on the examples `todo` and offer its candidates to the worst case."""
+               seed: int, target_rank: int | None = None, from_worst: bool = False) -> dict[str, Any]:
+        """Run member `name` on the examples `todo` (from their worst points where `from_worst`) and offer its
+        candidates to the worst case."""
         model, x, y, worst, draws = context[:5]
         started = time.time()
         member = build_member(self, name, budget, seed, [], target_rank)
-        from_worst = name in FROM_WORST
         candidate = run_member(member, model, x[todo], y[todo], seed, worst.point[todo] if from_worst else None)
         rate_before = worst.rate[todo].clone()
         rate, margin = score_points(model, candidate, y[todo], draws)
