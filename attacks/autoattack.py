@@ -261,6 +261,13 @@ class FABT(AutoAttackBase):
 
     attacks: list[str] = field(default_factory=lambda: ["fab-t"])
 
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if getattr(model, "stochastic", False):
+            raise ValueError("fab_t needs a deterministic model: FAB judges from one forward pass which points are "
+                             "already misclassified and never attacks those; on a stochastic defence use apgd_t, "
+                             "randaa or adaptive")
+        return super().perturb(model, x, y)
+
 
 @dataclass
 class Square(AutoAttackBase):
