@@ -16,7 +16,7 @@
   on one, batch 5120 of WRN-28-10 representations does not fit); BatchNorm then sees micro-batches, as it
   saw per-GPU batches there. The perturbed rows are shuffled into the batch first, so every micro-batch mixes
   clean and perturbed examples.
-- Out of GPU memory in a step, the step is retried with `micro_batch` halved (None counts as the batch size;
+- Out of GPU memory in a step, the step is retried with `micro_batch` halved (None counts as the largest batch;
   floor 2, as BatchNorm needs two examples) from the same RNG states and BatchNorm statistics
   (defences.memory), keeping the effective batch, so the retried step is the one an unretried run with the
   smaller micro-batch takes; the smaller size holds for the rest of the run, and each epoch's record lists
@@ -173,7 +173,10 @@ def train_purifier(defence: RepresentationDefence, train: Any, ctx: FitContext) 
     progress = ctx.progress("carso purifier", (params.epochs - start_epoch) * len(batches), every_s=30.0,
                             unit="batches")
     started = time.monotonic()
-    micro = ShrinkingSize("micro_batch", params.micro_batch or params.batch_size, floor=2, log=ctx.log)
+    # no micro_batch: the largest batch (batch_slices merges a last single example into the batch before it, so a
+    # batch can hold batch_size + 1), so that an unretried step runs each batch whole, as without the retries
+    micro = ShrinkingSize("micro_batch", params.micro_batch or max(s.stop - s.start for s in batches), floor=2,
+                          log=ctx.log)
     with frozen(defence.classifier):
         for epoch in range(start_epoch, params.epochs):
             record = train_epoch(defence, train, ctx, epoch, optimiser, batches, eps, progress, micro)
