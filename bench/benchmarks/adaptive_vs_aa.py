@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 import attacks
 from attacks.adaptive_stop import seeded_score
-from bench.benchmarks.toys import NoisyDefence, TinyCNN, digits8, toy_task
+from bench.benchmarks.toys import NoisyDefence, TinyCNN, digits8, fit_classifier, toy_task
 
 
 def adversarially_trained(eps: float, epochs: int, steps: int, seed: int = 0) -> torch.nn.Module:
@@ -35,20 +34,7 @@ def adversarially_trained(eps: float, epochs: int, steps: int, seed: int = 0) ->
     x, y = digits8("train")
     model = TinyCNN()
     pgd = attacks.build("pgd", eps=eps, steps=steps, step_size=2.5 * eps / steps)
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], 64):
-            index = order[start:start + 64]
-            model.eval()
-            x_adv = pgd(model, x[index], y[index])
-            model.train()
-            loss = F.cross_entropy(model(x_adv), y[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
+    return fit_classifier(model, x, y, epochs=epochs, lr=0.01, batch_size=64, seed=seed, attack=pgd)
 
 
 def budgets(scale: int) -> dict[str, dict[str, object]]:

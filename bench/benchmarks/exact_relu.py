@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attacks.gradient import PGD
-from bench.benchmarks.toys import digits8
+from bench.benchmarks.toys import digits8, fit_classifier
 
 TOLERANCE = 1e-3  # logits: a margin this close to 0 is not claimed either way
 SLACK = 1e-5  # added to LP-tightened pre-activation bounds
@@ -84,20 +83,9 @@ def train_network(spec: Spec, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     """Adam on cross-entropy, on clean inputs or (train_eps > 0) on PGD-10 examples (step eps/4, random start)."""
     torch.manual_seed(spec.seed)
     model = build_network(spec.architecture)
-    generator = torch.Generator().manual_seed(spec.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
     pgd = PGD(eps=spec.train_eps, steps=10, step_size=spec.train_eps / 4, keep_best=False) if spec.train_eps else None
-    for _ in range(spec.epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], batch_size):
-            index = order[start:start + batch_size]
-            inputs = x[index] if pgd is None else pgd(model.eval(), x[index], y[index])
-            model.train()
-            loss = F.cross_entropy(model(inputs), y[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return model.eval()
+    return fit_classifier(model, x, y, epochs=spec.epochs, lr=0.01, batch_size=batch_size, seed=spec.seed,
+                          attack=pgd)
 
 
 # --- the network as affine layers ------------------------------------------------------------------------

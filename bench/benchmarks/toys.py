@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -84,8 +85,10 @@ class TinyCNN(nn.Module):
 
 
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30, lr: float = 0.01,
-                   batch_size: int = 64, seed: int = 0, transform: nn.Module | None = None) -> nn.Module:
-    """Adam on cross-entropy (inputs through `transform` first when given); returns the model in eval mode."""
+                   batch_size: int = 64, seed: int = 0, transform: nn.Module | None = None,
+                   attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """Adam on cross-entropy (inputs through `transform` first when given; with `attack`, adversarial training on
+    its examples, crafted on the model in eval mode); returns the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -94,6 +97,9 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: i
         for start in range(0, x.shape[0], batch_size):
             index = order[start:start + batch_size]
             inputs = x[index] if transform is None else transform(x[index])
+            if attack is not None:
+                inputs = attack(model.eval(), inputs, y[index])
+                model.train()
             loss = F.cross_entropy(model(inputs), y[index])
             optimiser.zero_grad()
             loss.backward()
