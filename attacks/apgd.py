@@ -12,7 +12,8 @@ Batched EOT: the `eot` copies of a batch go through the model in chunks of at mo
 (`attacks.eot.eot_passes`; None = `apgd_max_batch`: `attacks.eot.default_max_batch`, the device's default, raised on
 a CPU for small inputs) in one forward/backward per chunk. The gradient is the mean over the copies (pyautoattack's
 loop divides the sum by `eot` too), and the loss that drives the step-size control is the mean over the copies
-(pyautoattack's loop keeps the last copy's; on a deterministic model both are the same). With `max_batch` = the
+(pyautoattack's loop keeps the last copy's; on a deterministic model both are the same, bit for bit, since the
+mean is a running mean, exact where the copies agree). With `max_batch` = the
 batch size each pass holds one copy: the loop.
 
 Two candidates per example come back: `highest_loss` (the iterate of highest mean EOT loss) and `least_correct`
@@ -120,7 +121,8 @@ def eot_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
     if len(passes) == 1:  # one pass holds everything (all copies at once): no accumulation
         return _one_pass(model, x, y, eot, loss, y_target, margins)
     grad = torch.zeros_like(x)
-    loss_sum, correct, margin_sum = (torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for _ in range(3))
+    loss_mean, correct, margin_mean, seen = (torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
+                                             for _ in range(4))
     for examples, samples in passes:
         whole = examples.start == 0 and examples.stop == x.shape[0]
         part = _one_pass(model, x if whole else x[examples], y if whole else y[examples],
@@ -128,10 +130,12 @@ def eot_estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
                          None if y_target is None else y_target if whole else y_target[examples], margins)
         copies = samples.stop - samples.start
         grad[examples] += part.grad * copies
-        loss_sum[examples] += part.loss * copies
         correct[examples] += part.correct_rate * copies
-        margin_sum[examples] += part.margin * copies
-    return EOTEstimate(grad / eot, loss_sum / eot, correct / eot, margin_sum / eot)
+        seen[examples] += copies
+        weight = copies / seen[examples]
+        loss_mean[examples] += (part.loss - loss_mean[examples]) * weight
+        margin_mean[examples] += (part.margin - margin_mean[examples]) * weight
+    return EOTEstimate(grad / eot, loss_mean, correct / eot, margin_mean)
 
 
 def _one_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int, loss: str,
@@ -150,8 +154,17 @@ def _one_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor, copies: int, l
     per_copy = per_copy.detach()
     if copies == 1:
         return EOTEstimate(grad, per_copy if per_copy.dtype == x.dtype else per_copy.to(x.dtype), correct, margin_now)
-    return EOTEstimate(grad / copies, per_copy.view(copies, -1).mean(0).to(x.dtype),
-                       correct.view(copies, -1).mean(0), margin_now.view(copies, -1).mean(0))
+    return EOTEstimate(grad / copies, running_mean(per_copy.view(copies, -1)).to(x.dtype),
+                       correct.view(copies, -1).mean(0), running_mean(margin_now.view(copies, -1)))
+
+
+def running_mean(rows: torch.Tensor) -> torch.Tensor:
+    """The mean over dim 0 as m += (row - m) / k: exactly the common value where all rows agree (a deterministic
+    model's EOT copies), so the step-size control compares the same losses as without EOT; sum / k is not exact."""
+    mean = rows[0].clone()
+    for k in range(1, rows.shape[0]):
+        mean += (rows[k] - mean) / (k + 1)
+    return mean
 
 
 @dataclass
