@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-TRACKED_PACKAGES = (
-    "torch", "torchvision", "numpy", "pyautoattack", "torchattacks", "submitit", "scikit-learn",
-    "safetensors", "pandas", "robustbench",
+TRACKED_PACKAGES = (  # what results can depend on: the declared dependencies and the robustbench extra
+    "torch", "numpy", "pyautoattack", "submitit", "scikit-learn", "safetensors", "pandas", "pyyaml", "pillow",
+    "robustbench",
 )
 
 
