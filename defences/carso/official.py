@@ -160,6 +160,7 @@ class PublishedCarso(Carso):
 
     Params = PublishedCarsoParams
     code_version = "1"
+    smoke_budget = {**Carso.smoke_budget, "random_if_missing": True}  # absent files: random weights
 
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
         del train
