@@ -23,10 +23,11 @@ records, the report — is the real thing):
   2 selection draws.
 - **A component that declares nothing** (`smoke_budget` None) gets DEFAULT_BUDGETS, the harness's conventional
   budget names, where its settings have them (attacks: `steps` and `eot` shrunk from floor 1, `restarts` 1,
-  `selection_draws` 2; defences: `epochs` 1, `batch_size` 4). Any other integer setting makes smoke mode refuse
-  the grid before any work, naming those settings and the declaration to add: whether an integer is a budget
-  (iterations, queries: to shrink) or a size (a width, a patch count: to keep) cannot be told from its name, and
-  a guess that missed would run that budget full-size in a mode meant to take minutes.
+  `selection_draws` 2; defences: `epochs` 1, `batch_size` 4, no warm-up, the collapse check off). Any other
+  integer setting makes smoke mode refuse the grid before any work, naming those settings and the declaration
+  to add: whether an integer is a budget (iterations, queries: to shrink) or a size (a width, a kernel: to keep)
+  cannot be told from its name, and a guess that missed would run that budget full-size in a mode meant to
+  take minutes. A subclass inherits its parent's declaration.
 
 Smoke results say nothing about robustness; they say every planned cell runs to a record.
 """
@@ -48,7 +49,8 @@ SMOKE_FOLDER = "smoke"
 # The smoke budget of a component that declares none (see the module docstring).
 DEFAULT_BUDGETS: dict[str, dict[str, Any]] = {
     "attack": {"steps": Budget(1), "eot": Budget(1), "restarts": 1, "selection_draws": 2},
-    "defence": {"epochs": 1, "batch_size": 4},
+    # defences.training.TrainingSettings' names too: a user defence that trains with it gets the built-ins' budget
+    "defence": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "collapse_factor": 0.0},
 }
 
 
