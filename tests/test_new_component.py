@@ -3,7 +3,8 @@ smoke mode scales them, the GPU-hour estimate prices them, the report's decompos
 and the keys include their modules, all from what the two classes declare.
 
 The package lives in a temporary folder on sys.path; the defence is named `package.module:Class` in the grid, the
-attack both that way and through a `bench.attacks` entry point.
+attack both that way and through a `bench.attacks` entry point. Also: the passes per image the built-in attacks
+declare for the estimate (`Attack.passes_per_image`) are the passes they make, counted.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
+import attacks
 from bench import smoke
+from bench.benchmarks.toys import LinearClassifier, QuantisingDefence, toy_task
 from bench.config import compose
 from bench.executors.calibration import estimate_eval_hours
 from bench.grid import expand
@@ -208,3 +212,24 @@ def test_a_component_that_declares_nothing_gets_the_default_or_is_refused(toy_pa
     error = capsys.readouterr().err
     assert code == 2 and "attacks.mine:" in error and "iterations=1000" in error and "smoke_budget" in error
     assert not (tmp_path / "results" / "smoke").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(("name", "settings"), [
+    ("fgsm", {}), ("pgd", {"steps": 7, "restarts": 2}), ("cw", {"steps": 5}), ("pgd_eot", {"steps": 3, "eot": 4}),
+    ("bpda_eot", {"steps": 3, "eot": 2}), ("apgd_ce", {"apgd_steps": 10, "eot": 2}), ("apgd_dlr", {"apgd_steps": 10})])
+def test_the_built_in_attacks_declare_the_passes_they_make(name, settings):
+    """`passes_per_image` against the backward passes counted (attacks.base.PassCounter), on points that no step
+    breaks (eps 1e-6), so that no attack stops early; APGD also takes the gradient of its starting point."""
+    generator = torch.Generator().manual_seed(0)
+    classifier = LinearClassifier(torch.randn(4, 64, generator=generator), torch.zeros(4))
+    model = QuantisingDefence(classifier.eval(), toy_task(side=8, num_classes=4), QuantisingDefence.Params()).eval()
+    x = torch.rand(6, 1, 8, 8, generator=generator)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    attack = attacks.build(name, eps=1e-6, **settings)
+    attack(model, x, y)
+    counted, declared = attack.counts["backward_examples"] / len(x), attack.passes_per_image()
+    if name.startswith("apgd"):
+        assert counted == declared + settings.get("eot", 1)
+    else:
+        assert counted == declared
