@@ -81,8 +81,9 @@ def _table(kind: str, cls: type, defaults: dict[str, Any], owner: str) -> dict[s
     table = DEFAULT_BUDGETS[kind]
     uncovered = [f"{name}={value}" for name, value in defaults.items() if _is_integer(value) and name not in table]
     if uncovered:
+        path = f"{cls.__module__}:{cls.__qualname__}"
         raise SmokeBudgetError(
-            f"smoke mode: {owner} ({cls.__module__}:{cls.__qualname__}) declares no smoke budget and has integer "
+            f"smoke mode: {owner if path in owner else f'{owner} ({path})'} declares no smoke budget and has integer "
             f"settings the default ({', '.join(table)}) does not cover: {', '.join(uncovered)}. Declare "
             f"`smoke_budget` on the class: a mapping from each budget setting to its smoke value or "
             f"attacks.base.Budget(floor) (e.g. {{'{uncovered[0].partition('=')[0]}': Budget(1)}}); settings it "
