@@ -54,7 +54,7 @@ from attacks.adaptive_members import (
     skip_reasons,
 )
 from attacks.adaptive_stop import RoundEvidence, keep_unless_better, paired_rescore
-from attacks.base import Attack, require_at_least_one
+from attacks.base import Attack, Budget, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
 
@@ -74,6 +74,8 @@ class Adaptive(Attack):
     """
 
     registry_members = MEMBERS  # what build_member builds: the code fingerprint follows these names
+    smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "eot": Budget(1), "square_queries": Budget(10),
+                    "apgd_restarts": 1, "target_classes": 2, "selection_draws": 2}
     members: list[str] | None = None
     apgd_steps: int = 100
     apgd_restarts: int = 1

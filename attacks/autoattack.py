@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from attacks.apgd import APGD
-from attacks.base import Attack, project, require_at_least_one
+from attacks.base import Attack, Budget, project, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
 
@@ -56,6 +56,9 @@ def _fork_rng(device: torch.device):
 @dataclass
 class AutoAttackBase(Attack):
     """The components in `attacks` run in order, each on the points no earlier component broke."""
+
+    smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "eot": Budget(1), "square_queries": Budget(10),
+                    "apgd_restarts": 1, "fab_restarts": 1, "target_classes": 2, "selection_draws": 2}
 
     attacks: list[str] = field(default_factory=lambda: list(STANDARD))
     apgd_steps: int = 100
@@ -228,12 +231,18 @@ class APGDCE(AutoAttackBase):
 
     attacks: list[str] = field(default_factory=lambda: ["apgd-ce"])
 
+    def passes_per_image(self) -> float:
+        return float(self.apgd_steps * self.eot * self.apgd_restarts)
+
 
 @dataclass
 class APGDDLR(AutoAttackBase):
     """APGD on the DLR loss alone (100 steps, 1 restart; needs at least 3 classes)."""
 
     attacks: list[str] = field(default_factory=lambda: ["apgd-dlr"])
+
+    def passes_per_image(self) -> float:
+        return float(self.apgd_steps * self.eot * self.apgd_restarts)
 
 
 @dataclass
@@ -274,3 +283,6 @@ class Square(AutoAttackBase):
     """Square Attack (Andriushchenko et al. 2020), the black-box reference: 5000 queries, p_init 0.8."""
 
     attacks: list[str] = field(default_factory=lambda: ["square"])
+
+    def passes_per_image(self) -> float:
+        return self.square_queries / 3  # forward passes only

@@ -165,6 +165,15 @@ class PassCounter(nn.Module):
             return getattr(self._modules["model"], name)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A budget setting (the attack's work grows with it) in a component's `smoke_budget`: smoke mode shrinks its
+    value n to `floor + ceil(log10 n) - 1` when above `floor` (bench/smoke.py), and the GPU-hour estimate scales
+    a directly measured attack's cost by it (bench/executors/calibration.py)."""
+
+    floor: int = 1
+
+
 @dataclass
 class Attack:
     """Base settings shared by every attack. Subclasses add theirs (all with defaults) and `perturb`."""
@@ -173,6 +182,12 @@ class Attack:
     registry_name: ClassVar[str] = ""
     # The registry names this attack builds (`attacks.build`) when it runs; its code fingerprint follows them.
     registry_members: ClassVar[tuple[str, ...]] = ()
+    # Smoke mode's settings (bench/smoke.py): setting -> Budget(floor) (shrunk) or a value (set); settings not
+    # named keep their values. None: not declared, and smoke mode applies its documented default.
+    smoke_budget: ClassVar[dict[str, Any] | None] = None
+    # Whether its gradients reach the defence through the BPDA approximation (Defence.bpda_forward: the
+    # purifier's gradient replaced by the identity) rather than end to end; the report's decomposition uses it.
+    through_bpda: ClassVar[bool] = False
 
     eps: float = 8 / 255
     norm: str = "Linf"
@@ -203,6 +218,11 @@ class Attack:
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def passes_per_image(self) -> float | None:
+        """Forward+backward passes of one image through the model at these settings (a forward pass alone counts
+        1/3), for the GPU-hour estimate; None where the count is not known in advance (the base: undeclared)."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.registry_name or type(self).__name__, **dataclasses.asdict(self)}

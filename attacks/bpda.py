@@ -55,6 +55,8 @@ class BPDAEOT(EOTPGD):
     On a defence without a purifier (purify is the identity) it is exactly `pgd_eot`.
     """
 
+    through_bpda = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.target != "end_to_end":

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, project
+from attacks.base import Attack, Budget, project
 from attacks.gradient import BestPoints, check_selection_draws, is_stochastic, random_start, steepest_ascent
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
@@ -105,6 +105,7 @@ class EOTPGD(Attack):
     selection_draws: int = 8
 
     code_version = "2"
+    smoke_budget = {"steps": Budget(1), "eot": Budget(1), "selection_draws": 2}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +123,9 @@ class EOTPGD(Attack):
         if self.step_size is not None:
             return self.step_size
         return LEE_KIM_STEP if self.norm == "Linf" else LEE_KIM_STEP / LEE_KIM_EPS * self.eps
+
+    def passes_per_image(self) -> float:
+        return float(self.steps * self.eot)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.run(model, x, y)[0]

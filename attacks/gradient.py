@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, PassCounter, lp_norms, project
+from attacks.base import Attack, Budget, PassCounter, lp_norms, project
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
 
@@ -80,6 +80,8 @@ class FGSM(Attack):
 
     One gradient, no selection: the same on deterministic and stochastic models."""
 
+    smoke_budget = {}  # one step: nothing to shrink
+
     loss: str = "ce"
 
     def __post_init__(self) -> None:
@@ -89,6 +91,9 @@ class FGSM(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grad, _ = input_gradient(model, x, y, self.loss)
         return project(x + self.eps * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
+
+    def passes_per_image(self) -> float:
+        return 1.0
 
 
 @dataclass
@@ -103,6 +108,7 @@ class PGD(Attack):
     """
 
     code_version = "2"
+    smoke_budget = {"steps": Budget(1), "restarts": 1, "selection_draws": 2}
 
     steps: int = 10
     step_size: float | None = None
@@ -122,6 +128,9 @@ class PGD(Attack):
     @property
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else self.eps / 4
+
+    def passes_per_image(self) -> float:
+        return float(self.steps * self.restarts)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """As Attack.__call__; an attack on part of the defence keeps the whole defence as its judge."""

@@ -116,8 +116,12 @@ def _evaluate(plan: Plan, cell: EvalCell, partial_path: Path | None, started: fl
     index, images, labels = evaluation_subset(plan.scenario(cell.scenario), cell.n_examples, plan.options.data_dir,
                                               plan.options.smoke)
     draws = cell.eval.draws_for(defence.stochastic)
-    batches = _attack_batches(cell, defence, build_attack(cell), images, labels, draws, device, partial_path)
+    attack = build_attack(cell)
+    batches = _attack_batches(cell, defence, attack, images, labels, draws, device, partial_path)
+    # the components' declared facts the report reads (bench/reporting/decomposition.py)
+    declared = {"has_purifier": bool(defence.has_purifier), "through_bpda": bool(type(attack).through_bpda)}
     return {**result_fields(batches, index.tolist(), labels, defence.stochastic, draws, cell.eval.decision),
+            **declared,
             "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time()}
 
 

@@ -22,8 +22,9 @@ produced it are unchanged. The boundary:
   that runs is inside the fingerprint or is one of those, excluded there with the reason it cannot change a
   number.
 - **Inputs** are the content hashes (SHA-256, cached by path, size and mtime) of a `file:` classifier's weights,
-  a RobustBench checkpoint in model_dir, and the dataset's files under the data root (folders of more than
-  MAX_HASHED_FILES files, the image-folder datasets, by a manifest of their relative paths and sizes).
+  a RobustBench checkpoint in model_dir, and the dataset's files under the data root: the folders its
+  description names (`bench.data.base.DatasetInfo.folders`, a required field, so no dataset is left out), those
+  of more than MAX_HASHED_FILES files (the image-folder datasets) by a manifest of relative paths and sizes.
   scikit-learn's bundled digits are covered by the package versions in each record instead.
 """
 
@@ -51,11 +52,6 @@ NOT_RESULT_CODE = (
 STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime", "bench.training_stage")
 CELL_ROOTS = ("attacks.base", "attacks.protocol", "attacks.losses", "bench.evaluate")
 MAX_HASHED_FILES = 64
-DATASET_FOLDERS = {
-    "mnist": ("mnist", "MNIST/raw"), "fashion_mnist": ("fashion_mnist", "FashionMNIST/raw"),
-    "cifar10": ("cifar-10-batches-py",), "cifar100": ("cifar-100-python",),
-    "tinyimagenet": ("tiny-imagenet-200",), "imagenette": ("imagenette2-160", "imagenette2-320", "imagenette2"),
-}
 
 
 def _excluded(module: str) -> bool:
@@ -191,11 +187,12 @@ def _digest_or_absent(path: Path) -> str:
 
 
 def dataset_inputs(dataset: str, data_dir: str | None) -> dict[str, str]:
-    from bench.data.catalog import default_root
+    """`{data:<folder>: digest}` of the folders the dataset's description names (`DatasetInfo.folders`)."""
+    from bench.data.catalog import dataset_info, default_root
 
     root = Path(data_dir).expanduser() if data_dir else default_root()
     inputs = {}
-    for folder_name in DATASET_FOLDERS.get(dataset, ()):
+    for folder_name in dataset_info(dataset).folders:
         folder = root / folder_name
         if folder.is_dir():
             inputs[f"data:{folder_name}"] = folder_digest(folder)

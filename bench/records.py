@@ -63,6 +63,8 @@ class CellRecord(TypedDict, total=False):
     robust_acc: float
     robust_ci: list[float]
     per_example: dict[str, Any]
+    has_purifier: bool               # the defence's declaration (absent in records written before it)
+    through_bpda: bool               # the attack's declaration (absent in records written before it)
     wall_seconds: float
     packages: dict[str, str]
     error: str
@@ -74,6 +76,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "defence": (str,), "defence_name": (str,), "attack": (str,), "attack_name": (str,),
     "attack_settings": (dict,), "seed": (int,), "n_examples": (int,), "clean_acc": (int, float),
     "clean_ci": (list,), "robust_acc": (int, float), "robust_ci": (list,), "per_example": (dict,),
+    "has_purifier": (bool,), "through_bpda": (bool,),
     "wall_seconds": (int, float), "packages": (dict,), "error": (str,),
 }
 

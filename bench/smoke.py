@@ -11,47 +11,51 @@ records, the report — is the real thing):
   (RobustBench names map to architectures in bench/zoo/robustbench.py); `train:` ones are trained as usual
   (for one epoch).
 - **Evaluation**: `n_examples` 4, one batch, K = 2 draws for stochastic defences.
-- **Budgets**, set through the defences' and attacks' own settings (grid entry overrides, so the cell
-  records show them): defences train 1 epoch on batches of 4 (CARSO: micro-batches of 2, one warm-up
-  epoch at its 5e-9 initial LR, 2 reconstructions, PGD-2; AT: PGD-2; AToP: 1 pre-training and 1
-  fine-tuning epoch; the collapse check off, since one epoch on 8 images is not a training run; published
-  CARSO weights that are absent replaced by random ones).
-  Attack budgets shrink logarithmically, `n -> floor + ceil(log10 n) - 1` above a floor (steps, APGD/FAB
-  steps and EOT: floor 1, so 10/20/100/1000 steps become 1/2/2/3 and EOT 20 becomes 2; Square queries: 10),
-  so grid entries that differ only in budget (PGD-10/20/1000) stay distinct cells; restarts 1,
-  2 target classes, 2 selection draws.
+- **Budgets**, declared by each defence and attack on its own class (`smoke_budget`: a setting -> its smoke
+  value, or `attacks.base.Budget(floor)` for a budget that shrinks logarithmically, `n -> floor + ceil(log10 n)
+  - 1` above the floor; settings not named keep their values) and applied through its settings (grid entry
+  overrides, so the cell records show them). The built-in ones: defences train 1 epoch on batches of 4 (CARSO:
+  micro-batches of 2, one warm-up epoch at its 5e-9 initial LR, 2 reconstructions, PGD-2; AT: PGD-2; AToP: 1
+  pre-training and 1 fine-tuning epoch; the collapse check off, since one epoch on 8 images is not a training
+  run; published CARSO weights that are absent replaced by random ones); attack steps, APGD/FAB steps and EOT
+  shrink from floor 1 (10/20/100/1000 steps become 1/2/2/3, EOT 20 becomes 2), Square queries from floor 10, so
+  grid entries that differ only in budget (PGD-10/20/1000) stay distinct cells; restarts 1, 2 target classes,
+  2 selection draws.
+- **A component that declares nothing** (`smoke_budget` None) gets DEFAULT_BUDGETS, the harness's conventional
+  budget names, where its settings have them (attacks: `steps` and `eot` shrunk from floor 1, `restarts` 1,
+  `selection_draws` 2; defences: `epochs` 1, `batch_size` 4, no warm-up, the collapse check off). Any other
+  integer setting makes smoke mode refuse the grid before any work, naming those settings and the declaration
+  to add: whether an integer is a budget (iterations, queries: to shrink) or a size (a width, a kernel: to keep)
+  cannot be told from its name, and a guess that missed would run that budget full-size in a mode meant to
+  take minutes. A subclass inherits its parent's declaration.
 
 Smoke results say nothing about robustness; they say every planned cell runs to a record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from attacks.base import Budget
+from bench.conffiles import ConfigError
+
 SMOKE_IMAGES = 8
 SMOKE_EXAMPLES = 4
 SMOKE_EVAL = {"batch_size": SMOKE_EXAMPLES, "stochastic_draws": 2, "draws": 1}
 SMOKE_FOLDER = "smoke"
-
-# Defence settings applied wherever the defence's Params dataclass has the field.
-DEFENCE_BUDGET: dict[str, Any] = {
-    "epochs": 1, "batch_size": 4, "micro_batch": 2, "attack_steps": 2, "eps_warmup_epochs": 0,
-    "warmup_epochs": 0, "collapse_factor": 0.0, "pgd_steps": 2, "plateau_epochs": 0, "anneal_epochs": 0,
-    "kl_start_epoch": 0, "kl_end_epoch": 1, "samples": 2, "check_examples": 4, "pretrain_epochs": 1,
-    "pretrain_batch_size": 4, "finetune_epochs": 1, "finetune_batch_size": 4,
-    "random_if_missing": True,  # published weights (defences/carso/official.py) absent: random ones
+# The smoke budget of a component that declares none (see the module docstring).
+DEFAULT_BUDGETS: dict[str, dict[str, Any]] = {
+    "attack": {"steps": Budget(1), "eot": Budget(1), "restarts": 1, "selection_draws": 2},
+    # defences.training.TrainingSettings' names too: a user defence that trains with it gets the built-ins' budget
+    "defence": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "collapse_factor": 0.0},
 }
-# Per-defence exceptions: CARSO's summed-BCE RAdam diverges without its warm-up epoch (defences/carso/params.py).
-DEFENCE_BUDGET_BY_NAME: dict[str, dict[str, Any]] = {"carso": {"warmup_epochs": 1}}
 
-# Attack settings: (floor, shrink logarithmically) or a fixed value.
-ATTACK_STEPS_FLOOR = {"steps": 1, "apgd_steps": 1, "fab_steps": 1, "eot": 1, "square_queries": 10}
-ATTACK_FIXED: dict[str, Any] = {"restarts": 1, "apgd_restarts": 1, "fab_restarts": 1, "target_classes": 2,
-                                "selection_draws": 2}
+
+class SmokeBudgetError(ConfigError):
+    """A component's smoke budget is missing where it is needed, or names settings the component lacks."""
 
 
 def shrink(value: int, floor: int) -> int:
@@ -61,13 +65,61 @@ def shrink(value: int, floor: int) -> int:
     return min(value, floor + math.ceil(math.log10(value)) - 1)
 
 
-def defence_budget(name: str) -> dict[str, Any]:
-    """The smoke settings of defence `name`: those of DEFENCE_BUDGET its Params dataclass has."""
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _table(kind: str, cls: type, defaults: dict[str, Any], owner: str) -> dict[str, Any]:
+    """The component's declared smoke budget, or the default after checking that it covers every integer setting."""
+    declared = cls.smoke_budget
+    if declared is not None:
+        unknown = sorted(set(declared) - set(defaults))
+        if unknown:
+            raise SmokeBudgetError(f"{owner}: {cls.__module__}:{cls.__qualname__}.smoke_budget names "
+                                   f"{', '.join(unknown)}, which are not among its settings ({', '.join(defaults)})")
+        return dict(declared)
+    table = DEFAULT_BUDGETS[kind]
+    uncovered = [f"{name}={value}" for name, value in defaults.items() if _is_integer(value) and name not in table]
+    if uncovered:
+        path = f"{cls.__module__}:{cls.__qualname__}"
+        raise SmokeBudgetError(
+            f"smoke mode: {owner if path in owner else f'{owner} ({path})'} declares no smoke budget and has integer "
+            f"settings the default ({', '.join(table)}) does not cover: {', '.join(uncovered)}. Declare "
+            f"`smoke_budget` on the class: a mapping from each budget setting to its smoke value or "
+            f"attacks.base.Budget(floor) (e.g. {{'{uncovered[0].partition('=')[0]}': Budget(1)}}); settings it "
+            "does not name keep their values ({} when none is a budget)")
+    return table
+
+
+def budget_settings(kind: str, cls: type) -> list[str]:
+    """The settings a component's smoke budget (declared, else the default) marks as budgets (`Budget`)."""
+    table = DEFAULT_BUDGETS[kind] if cls.smoke_budget is None else cls.smoke_budget
+    return [key for key, rule in table.items() if isinstance(rule, Budget)]
+
+
+def smoke_settings(kind: str, cls: type, settings_class: type, given: dict[str, Any], owner: str) -> dict[str, Any]:
+    """The smoke settings of a component (`kind` "attack" or "defence", its class and settings dataclass) given
+    the grid entry's settings `given`: its smoke budget's values, and its Budget settings shrunk."""
+    defaults = {f.name: f.default for f in fields(settings_class) if f.init}
+    out: dict[str, Any] = {}
+    for key, rule in _table(kind, cls, defaults, owner).items():
+        if key not in defaults:
+            continue
+        if isinstance(rule, Budget):
+            value = given.get(key, defaults[key])
+            if _is_integer(value):
+                out[key] = shrink(value, rule.floor)
+        else:
+            out[key] = rule
+    return out
+
+
+def defence_budget(name: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The smoke settings of defence `name` (a grid entry's `given` settings: those its budget shrinks)."""
     import defences
 
-    valid = {f.name for f in fields(defences.REGISTRY.get_class(name).Params)}
-    budget = {**DEFENCE_BUDGET, **DEFENCE_BUDGET_BY_NAME.get(name, {})}
-    return {key: value for key, value in budget.items() if key in valid}
+    cls = defences.REGISTRY.get_class(name)
+    return smoke_settings("defence", cls, cls.Params, given or {}, f"defence {name!r}")
 
 
 def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
@@ -75,14 +127,7 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
     import attacks
 
     cls = attacks.REGISTRY.get_class(spec["name"])
-    defaults = {f.name: f.default for f in fields(cls)}
-    out: dict[str, Any] = {}
-    for key, floor in ATTACK_STEPS_FLOOR.items():
-        value = spec.get(key, defaults.get(key))
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[key] = shrink(value, floor)
-    out.update({key: value for key, value in ATTACK_FIXED.items() if key in defaults})
-    return out
+    return smoke_settings("attack", cls, cls, spec, f"attack {spec['name']!r}")
 
 
 def apply(config: Any) -> None:
@@ -95,14 +140,18 @@ def apply(config: Any) -> None:
     for block in grid["blocks"]:
         block.pop("n_examples", None)
     for kind, budget in (("defences", defence_budget_of), ("attacks", attack_budget)):
-        for spec in grid[kind].values():
-            # an unknown name is left as it is: the planner reports it with the valid names
-            with contextlib.suppress(LookupError, ImportError, TypeError, ValueError):
-                spec.update(budget(spec))
+        for key, spec in grid[kind].items():
+            try:
+                smoke = budget(spec)
+            except SmokeBudgetError as error:
+                raise SmokeBudgetError(f"{kind}.{key}: {error}") from None
+            except (LookupError, ImportError, TypeError, ValueError):
+                continue  # an unknown name is left as it is: the planner reports it with the valid names
+            spec.update(smoke)
 
 
 def defence_budget_of(spec: dict[str, Any]) -> dict[str, Any]:
-    return defence_budget(spec["name"])
+    return defence_budget(spec["name"], spec)
 
 
 # --- the hooks of bench/training_stage.py ----------------------------------------------------------------

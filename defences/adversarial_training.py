@@ -15,7 +15,7 @@ from torch import nn
 
 from attacks.gradient import PGD
 from defences.base import Defence, FitContext
-from defences.standard import StandardParams
+from defences.standard import StandardParams, StandardTraining
 from defences.training import train_classifier
 
 
@@ -32,6 +32,8 @@ class AdversarialTraining(Defence):
     """Adversarially trained classifier (Madry PGD-AT)."""
 
     Params = AdversarialTrainingParams
+    smoke_budget = {**StandardTraining.smoke_budget, "attack_steps": 2, "eps_warmup_epochs": 0}
+    cost_kind = "at"
 
     def training_eps(self, epoch: int) -> float:
         eps = self.params.eps if self.params.eps is not None else self.task.eps

@@ -153,6 +153,12 @@ class Defence(nn.Module):
     # The attack registry names this defence builds (`attacks.build`) to fit or to classify; its stage's code
     # fingerprint follows them.
     registry_members: ClassVar[tuple[str, ...]] = ()
+    # Smoke mode's settings (bench/smoke.py): Params field -> its smoke value (or attacks.base.Budget(floor): shrunk
+    # logarithmically); fields not named keep theirs. None: not declared, and smoke mode applies its default.
+    smoke_budget: ClassVar[dict[str, Any] | None] = None
+    # The calibrated cost family it is priced as (bench/executors/calibration.py; bench/benchmarks/gpu.py measures
+    # "at": a classifier alone, "carso", "atop"); None: not priced, its cells are listed as not covered.
+    cost_kind: ClassVar[str | None] = None
 
     @dataclass
     class Params:

@@ -26,6 +26,8 @@ class StandardTraining(Defence):
     """The classifier itself, fitted with cross-entropy on clean images."""
 
     Params = StandardParams
+    smoke_budget = {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "collapse_factor": 0.0}  # no collapse check
+    cost_kind = "at"
 
     def fit(self, train: Any, ctx: FitContext) -> dict[str, Any]:
         if not self.params.should_train(ctx.classifier_pretrained):

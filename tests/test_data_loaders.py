@@ -113,7 +113,7 @@ def test_catalogue_lists_the_seven_datasets_with_consistent_stats():
 
 def test_dataset_info_rejects_mismatched_stats():
     with pytest.raises(ValueError, match="per channel"):
-        DatasetInfo("x", 3, 8, 8, 10, (0.5,), (0.5,), "nowhere")
+        DatasetInfo("x", 3, 8, 8, 10, (0.5,), (0.5,), "nowhere", ())
 
 
 def test_unknown_dataset_names_valid_ones_and_closest_match():

@@ -38,10 +38,10 @@ import attacks
 import defences
 from attacks.seeding import seed_everything
 from bench.runtime import hardware_summary, resolve_device
+from bench.smoke import budget_settings
 from bench.zoo import WideResNet
 from defences.base import Defence, Task
 
-STEP_FIELDS = ("steps", "apgd_steps", "fab_steps", "square_queries")
 CIFAR10 = Task("cifar10", 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "Linf", 8 / 255)
 
 
@@ -100,9 +100,12 @@ def build_defences(size: Size, device: torch.device) -> dict[str, Defence]:
 
 
 def scaled_attack(name: str, scale: int, **extra: Any) -> attacks.Attack:
-    """Attack `name` at 1/scale of its step-like budgets (at least 1 each)."""
-    defaults = {f.name: f.default for f in fields(attacks.REGISTRY.get_class(name))}
-    budget = {k: max(1, int(defaults[k]) // scale) for k in STEP_FIELDS if isinstance(defaults.get(k), int)}
+    """Attack `name` at 1/scale of its step-like budgets (at least 1 each): the budget settings its class declares
+    (`attacks.base.Budget` in its `smoke_budget`), EOT apart."""
+    cls = attacks.REGISTRY.get_class(name)
+    defaults = {f.name: f.default for f in fields(cls)}
+    steps = [k for k in budget_settings("attack", cls) if k != "eot"]
+    budget = {k: max(1, int(defaults[k]) // scale) for k in steps if isinstance(defaults.get(k), int)}
     if "target_classes" in defaults:
         budget["target_classes"] = min(int(defaults["target_classes"]), CIFAR10.num_classes - 1)
     return attacks.build(name, eps=CIFAR10.eps, norm="Linf", **{**budget, **extra})

@@ -18,9 +18,11 @@ IndexLike = torch.Tensor | slice | Sequence[int]
 @dataclass(frozen=True)
 class DatasetInfo(ImageData):
     """Static facts about a dataset: its images (defences.base.ImageData: shape, classes, per-channel mean/std of
-    the [0, 1] training images) and how to get its files."""
+    the [0, 1] training images), how to get its files and the folders under the data root they live in (the
+    stage keys hash those folders, bench/fingerprint.py; () for a dataset with no files there)."""
 
     how_to_get: str
+    folders: tuple[str, ...]
 
     @property
     def name(self) -> str:

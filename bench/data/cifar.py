@@ -141,6 +141,7 @@ CIFAR10_INFO = DatasetInfo(
     "https://www.cs.toronto.edu/~kriz/cifar.html and extract it under the data root, giving "
     "<data root>/cifar-10-batches-py/ with data_batch_1 .. data_batch_5 and test_batch "
     "(torchvision.datasets.CIFAR10(root, download=True) writes the same folder).",
+    folders=(CIFAR10_FOLDER,),
 )
 
 CIFAR100_INFO = DatasetInfo(
@@ -155,6 +156,7 @@ CIFAR100_INFO = DatasetInfo(
     "https://www.cs.toronto.edu/~kriz/cifar.html and extract it under the data root, giving "
     "<data root>/cifar-100-python/ with the files train and test "
     "(torchvision.datasets.CIFAR100(root, download=True) writes the same folder).",
+    folders=(CIFAR100_FOLDER,),
 )
 
 

@@ -25,6 +25,7 @@ INFO = DatasetInfo(
     std=(0.3237,),
     how_to_get="Nothing to download: the 1797 8x8 digit images ship with scikit-learn "
     "(sklearn.datasets.load_digits); no data root is used.",
+    folders=(),  # scikit-learn's bundled files: covered by the package versions in each record
 )
 
 

@@ -28,6 +28,7 @@ INFO = DatasetInfo(
     "<data root>/imagenette2-160/ with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val serves as the test "
     "split). Images are resized to image_size (default 64) and cached in "
     "<folder>/.bench_cache_<split>_<image_size>.pt on first load.",
+    folders=FOLDERS,
 )
 
 

@@ -37,6 +37,7 @@ MNIST_INFO = DatasetInfo(
     how_to_get="Download the four files from https://yann.lecun.com/exdb/mnist/ (or a mirror such as "
     "https://ossci-datasets.s3.amazonaws.com/mnist/). "
     + _LAYOUT_HELP.format(folder="mnist", tv_folder="MNIST", tv_class="MNIST"),
+    folders=("mnist", "MNIST/raw"),  # its own layout, then torchvision's
 )
 
 FASHION_MNIST_INFO = DatasetInfo(
@@ -50,9 +51,8 @@ FASHION_MNIST_INFO = DatasetInfo(
     how_to_get="Download the four files from https://github.com/zalandoresearch/fashion-mnist "
     "(data/fashion/). "
     + _LAYOUT_HELP.format(folder="fashion_mnist", tv_folder="FashionMNIST", tv_class="FashionMNIST"),
+    folders=("fashion_mnist", "FashionMNIST/raw"),
 )
-
-_FOLDERS = {"mnist": ("mnist", "MNIST"), "fashion_mnist": ("fashion_mnist", "FashionMNIST")}
 
 
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
@@ -85,8 +85,7 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def _locate(info: DatasetInfo, root: Path, split: str) -> tuple[Path, Path]:
-    own, torchvision_name = _FOLDERS[info.name]
-    folders = (root / own, root / torchvision_name / "raw")
+    folders = tuple(root / folder for folder in info.folders)
     names = FILES[split]
     for folder in folders:
         found = [_find(folder, name) for name in names]

@@ -26,6 +26,7 @@ INFO = DatasetInfo(
     "train/<wnid>/images/*.JPEG and val/images/*.JPEG plus val/val_annotations.txt (the official test set "
     "has no labels, so the val set serves as the test split). The first load decodes all JPEGs and "
     "caches them in <data root>/tiny-imagenet-200/.bench_cache_<split>.pt.",
+    folders=(FOLDER,),
 )
 
 

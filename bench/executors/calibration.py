@@ -1,16 +1,18 @@
 """GPU-hours of a plan's evaluation cells from measured costs (a `python -m bench.benchmarks.gpu` JSON file).
 
 `slurm.calibration=gpu_calibration.json` makes the SLURM dry run print this estimate beside the profile's
-time limits. A cell costs n_examples x (per-image seconds of its defence kind under its attack) x (its
-budget relative to the calibrated one):
-- defence kinds: `carso` (CARSO and subclasses, e.g. the published one), `atop`, and `at` for anything else
-  (a classifier alone, AT or standard);
-- attacks calibrated directly (`aa`, `randaa`, `pgd_eot`, `adaptive`): scaled by the largest ratio of a
-  step-like budget (steps, APGD/FAB steps, Square queries) to the calibrated default, times the EOT ratio;
-- other attacks are priced in units of one forward+backward pass of one image through the defence, the
-  unit cost taken from the calibrated PGD+EOT (its full-budget cost / (steps x EOT)): PGD and CW
-  steps x restarts, FGSM 1, BPDA+EOT steps x EOT, APGD steps x EOT x restarts, Square queries / 3
-  (forward passes only).
+time limits. A cell costs n_examples x (per-image seconds of its defence's cost kind under its attack), each
+fact declared by the component:
+- the defence's cost kind is its class's `cost_kind` (`carso`, `atop`, or `at` for a classifier alone: AT or
+  standard); a defence that declares none is not priced (its cells are listed as not covered);
+- an attack measured under that kind in the file (`<kind>/<attack>`: `aa`, `randaa`, `pgd_eot`, `adaptive`
+  where bench.benchmarks.gpu measured them) costs that measurement times its budget relative to the measured
+  (default) one: the largest ratio of a budget setting its class declares (`attacks.base.Budget` in its
+  `smoke_budget`: steps, APGD/FAB steps, Square queries) to its default, times the EOT ratio;
+- any other attack is priced by its own `Attack.passes_per_image()` (forward+backward passes of one image at
+  its settings: PGD and CW steps x restarts, FGSM 1, BPDA+EOT steps x EOT, APGD steps x EOT x restarts, Square
+  queries / 3) in units of one pass through the defence, the unit cost taken from the measured PGD+EOT (its
+  cost / the passes of its default budget); an attack whose passes are not known in advance is not priced.
 Training stages are not calibrated: their hours stay the profile's time limits.
 """
 
@@ -23,8 +25,7 @@ from typing import Any
 
 from bench.conffiles import ConfigError
 
-CALIBRATED_ATTACKS = ("aa", "randaa", "pgd_eot", "adaptive")
-STEP_FIELDS = ("steps", "apgd_steps", "fab_steps", "square_queries")
+REFERENCE_ATTACK = "pgd_eot"  # the measured attack whose cost per pass prices the others
 
 
 def load_calibration(path: str | Path) -> dict[str, Any]:
@@ -40,57 +41,51 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def defence_kind(defence_name: str) -> str:
+def defence_kind(defence_name: str) -> str | None:
+    """The cost kind the defence's class declares (`Defence.cost_kind`); None: not priced."""
     import defences
-    from defences.atop.model import AToP
-    from defences.carso.model import Carso
 
-    cls = defences.REGISTRY.get_class(defence_name)
-    return "carso" if issubclass(cls, Carso) else "atop" if issubclass(cls, AToP) else "at"
+    return defences.REGISTRY.get_class(defence_name).cost_kind
 
 
-def _defaults(attack_name: str) -> dict[str, Any]:
+def _attack(attack_name: str, settings: dict[str, Any]) -> Any:
     import attacks
 
-    return {f.name: f.default for f in fields(attacks.REGISTRY.get_class(attack_name))}
+    return attacks.build(attack_name, **{k: v for k, v in settings.items() if k != "name"})
 
 
 def budget_ratio(attack_name: str, settings: dict[str, Any]) -> float:
-    """The cell's budget over the calibrated (default) one of a directly calibrated attack."""
-    defaults = _defaults(attack_name)
-    ratios = [settings[k] / defaults[k] for k in STEP_FIELDS if isinstance(defaults.get(k), int) and k in settings
+    """The cell's budget over the measured (default) one of a directly measured attack."""
+    import attacks
+    from bench.smoke import budget_settings
+
+    cls = attacks.REGISTRY.get_class(attack_name)
+    defaults = {f.name: f.default for f in fields(cls)}
+    steps = [k for k in budget_settings("attack", cls) if k != "eot"]
+    ratios = [settings[k] / defaults[k] for k in steps if isinstance(defaults.get(k), int) and k in settings
               and defaults[k] > 0]
     eot = settings.get("eot", 1) / defaults["eot"] if defaults.get("eot") else 1.0
     return (max(ratios) if ratios else 1.0) * eot
 
 
-def pass_units(attack_name: str, s: dict[str, Any]) -> float | None:
-    """Forward+backward passes per image of an attack priced by the PGD+EOT unit; None if unknown."""
-    if attack_name in ("pgd", "cw"):
-        return s["steps"] * s.get("restarts", 1)
-    if attack_name == "fgsm":
-        return 1.0
-    if attack_name == "bpda_eot":
-        return s["steps"] * s["eot"]
-    if attack_name in ("apgd_ce", "apgd_dlr"):
-        return s["apgd_steps"] * s.get("eot", 1) * s.get("apgd_restarts", 1)
-    if attack_name == "square":
-        return s["square_queries"] / 3
-    return None
+def pass_units(attack_name: str, settings: dict[str, Any]) -> float | None:
+    """Forward+backward passes per image of an attack at `settings` (its `passes_per_image`); None if unknown."""
+    return _attack(attack_name, settings).passes_per_image()
 
 
-def per_image_seconds(calibration: dict[str, Any], kind: str, attack_name: str,
+def per_image_seconds(calibration: dict[str, Any], kind: str | None, attack_name: str,
                       settings: dict[str, Any]) -> float | None:
-    measured = calibration["per_image_seconds"]
-    if attack_name in CALIBRATED_ATTACKS:
-        base = measured.get(f"{kind}/{attack_name}")
-        return None if base is None else base * budget_ratio(attack_name, settings)
-    pgd_eot = measured.get(f"{kind}/pgd_eot")
-    units = pass_units(attack_name, settings)
-    if pgd_eot is None or units is None:
+    if kind is None:
         return None
-    defaults = _defaults("pgd_eot")
-    return pgd_eot / (defaults["steps"] * defaults["eot"]) * units
+    measured = calibration["per_image_seconds"]
+    direct = measured.get(f"{kind}/{attack_name}")
+    if direct is not None:
+        return direct * budget_ratio(attack_name, settings)
+    reference = measured.get(f"{kind}/{REFERENCE_ATTACK}")
+    units = pass_units(attack_name, settings)
+    if reference is None or units is None:
+        return None
+    return reference / _attack(REFERENCE_ATTACK, {}).passes_per_image() * units
 
 
 def estimate_eval_hours(plan: Any, cell_keys: list[str], calibration: dict[str, Any]) -> tuple[float, list[str]]:

@@ -69,6 +69,20 @@ class CellResult:
         return f"{self.scenario}/{self.defence}/{self.attack}/seed{self.seed}"
 
     @property
+    def has_purifier(self) -> bool:
+        """Whether the defence has a purifier (`Defence.has_purifier`), as its record says."""
+        import defences
+
+        return _declared(self.record, "has_purifier", defences.REGISTRY, self.defence_name)
+
+    @property
+    def through_bpda(self) -> bool:
+        """Whether the attack reached the defence through BPDA (`Attack.through_bpda`), as its record says."""
+        import attacks
+
+        return _declared(self.record, "through_bpda", attacks.REGISTRY, self.attack_name)
+
+    @property
     def n(self) -> int:
         return int(self.record["n_examples"]) if self.done else int(self.n_examples)
 
@@ -91,6 +105,19 @@ class CellResult:
     def error_line(self) -> str:
         lines = [line for line in str((self.record or {}).get("error") or "").strip().splitlines() if line.strip()]
         return lines[-1].strip() if lines else "no error message"
+
+
+def _declared(record: dict[str, Any] | None, name: str, registry: Any, component: str) -> bool:
+    """A component's declared fact as its record states it; for a record written before the field (or a cell
+    without one), the class attribute of the component the registry gives for that name (False if none)."""
+    recorded = (record or {}).get(name)
+    if isinstance(recorded, bool):
+        return recorded
+    try:
+        cls = registry.get_class(component)
+    except (ImportError, TypeError, ValueError):
+        return False
+    return bool(getattr(cls, name, False))
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Purifier decomposition for CARSO and AToP: the same defence attacked on its classifier alone, through BPDA,
-and end to end, side by side on the same test examples, with the randomness audit of its records.
+"""Purifier decomposition for the defences with a purifier (`Defence.has_purifier`: CARSO, AToP): the same defence
+attacked on its classifier alone, through BPDA (`Attack.through_bpda`) and end to end, side by side on the same
+test examples, with the randomness audit of its records. Both facts are read from the records (for records
+written before they carried them, from the classes the registries give for the recorded names).
 
 Each column is the per-example worst case over the defence's cells of that kind (clean judgements included),
 on the examples of its headline row, so the columns differ only in how the attack reached the defence. The
@@ -17,19 +19,19 @@ from bench.reporting.headline import Headline, budgets
 from bench.reporting.tables import Table
 from bench.reporting.worst_case import minimum
 
-PURIFIERS = ("carso", "atop")
 NOT_MEASURED = "not measured"
 KINDS = {
     "classifier-only": lambda c: c.target == "classifier",
-    "BPDA": lambda c: c.target != "classifier" and c.attack_name.startswith("bpda"),
-    "end-to-end": lambda c: c.target != "classifier" and not c.attack_name.startswith("bpda"),
+    "BPDA": lambda c: c.target != "classifier" and c.through_bpda,
+    "end-to-end": lambda c: c.target != "classifier" and not c.through_bpda,
 }
 COLUMNS = ["scenario", "defence", "seed", "n", "clean", *KINDS, "worst case", "randomness audit: clean",
            "randomness audit: adversarial"]
 
 
 def is_purifier(item: Headline) -> bool:
-    return any(c.defence_name in PURIFIERS for c in item.worst.cells)
+    """Whether the headline's defence has a purifier (as its records say: `Defence.has_purifier`)."""
+    return any(c.has_purifier for c in item.worst.cells)
 
 
 def _audit(cells: list[CellResult]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ NAIVE_SETTINGS: dict[str, Callable[[CellResult], bool]] = {
     "CE-only": lambda c: attack_loss(c) == "ce",
     "single-pass (no EOT)": lambda c: stochastic(c) and eot_samples(c) <= 1 and not c.attack_name.startswith(
         ADAPTIVE),
-    "BPDA": lambda c: c.attack_name.startswith("bpda"),
+    "BPDA": lambda c: c.through_bpda,
 }
 
 

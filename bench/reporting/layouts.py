@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attacks.registry import closest_hint
+from defences.atop.transforms import TRANSFORMS as ATOP_TRANSFORMS
 
 METRICS = ("clean", "robust", "worst")
 
@@ -76,10 +77,11 @@ def _e2e(name: str | list[str], **params: Any) -> dict[str, Any]:
 
 
 def _atop_variants() -> tuple[Variant, ...]:
+    """AToP's rows: each of its random transforms (the defence's own list), without and with fine-tuning."""
     return tuple(
-        Variant(f"rt{t}_{'ft' if ft else 'noft'}", f"RT{t}, {'AToP fine-tuned' if ft else 'no fine-tuning'}",
-                {"name": "atop", "transform": f"rt{t}", "finetune": ft})
-        for t in (1, 2, 3) for ft in (False, True))
+        Variant(f"{t}_{'ft' if ft else 'noft'}", f"{t.upper()}, {'AToP fine-tuned' if ft else 'no fine-tuning'}",
+                {"name": "atop", "transform": t, "finetune": ft})
+        for t in ATOP_TRANSFORMS for ft in (False, True))
 
 
 def _atop_table7(name: str, target: str, title: str, note: str) -> Layout:

@@ -58,6 +58,8 @@ class AToP(Defence):
     stochastic = True
     has_purifier = True
     saves_classifier = False  # never changed here: rebuilt from the base stage or the scenario's source
+    smoke_budget = {"pretrain_epochs": 1, "pretrain_batch_size": 4, "finetune_epochs": 1, "finetune_batch_size": 4}
+    cost_kind = "atop"
 
     def __init__(self, classifier: nn.Module, task: Task, params: AToPParams, base: Defence | None = None):
         super().__init__(classifier, task, params, base)

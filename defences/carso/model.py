@@ -61,6 +61,11 @@ class Carso(Defence):
     stochastic = True
     has_purifier = True
     saves_classifier = False
+    # One warm-up epoch at the 5e-9 initial LR: the summed-BCE RAdam diverges without it (params.py).
+    smoke_budget = {"epochs": 1, "batch_size": 4, "micro_batch": 2, "warmup_epochs": 1, "pgd_steps": 2,
+                    "plateau_epochs": 0, "anneal_epochs": 0, "kl_start_epoch": 0, "kl_end_epoch": 1, "samples": 2,
+                    "check_examples": 4}
+    cost_kind = "carso"
 
     def __init__(self, classifier: nn.Module, task: Task, params: CarsoParams, base: Defence | None = None):
         super().__init__(classifier, task, params, base)
