@@ -94,6 +94,8 @@ def apply(config: Any) -> None:
     grid["eval"] = {**(grid.get("eval") or {}), **SMOKE_EVAL}
     for block in grid["blocks"]:
         block.pop("n_examples", None)
+        for key in SMOKE_EVAL:
+            (block.get("eval") or {}).pop(key, None)
     for kind, budget in (("defences", defence_budget_of), ("attacks", attack_budget)):
         for spec in grid[kind].values():
             # an unknown name is left as it is: the planner reports it with the valid names
