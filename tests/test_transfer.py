@@ -177,3 +177,47 @@ def test_stochastic_judgement_of_saved_points_agrees_statistically(tmp_path, mon
     variance = (2 * 8 * pooled * (1 - pooled)).sum().item()
     difference = (recorded.sum() - fresh.sum()).item()
     assert abs(difference) <= 5 * variance ** 0.5
+
+
+def test_an_interrupted_cell_resumes_with_the_points_it_saved(ran, tmp_path, monkeypatch):
+    from bench import evaluate
+    from bench.grid import Plan
+
+    _, records, grid_folder = ran
+    planned = read_plan(layout.latest_plan_path(grid_folder))
+    plan = Plan(grid=planned.grid, options=planned.options.replace(results_dir=str(tmp_path)),
+                stages=planned.stages, cells=planned.cells, scenarios=planned.scenarios)
+    cell = next(c for c in plan.cells if c.key == records["at/pgd"]["key"])
+    real, writes = evaluate.write_json_atomic, []
+
+    def killed_after_the_first_batch(path, data):
+        real(path, data)
+        writes.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "write_json_atomic", killed_after_the_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run_eval_cell(plan, cell)
+    points = layout.adversarials_path(plan, cell)
+    assert [p.name for p in layout.adversarials_partial_dir(points).iterdir()] == ["batch-0.safetensors"]
+    monkeypatch.setattr(evaluate, "write_json_atomic", real)
+    assert evaluate.run_eval_cell(plan, cell) == "done"
+    resumed, original = api.load_adversarials(points), api.load_adversarials(grid_folder, cell="digits/at/pgd")
+    assert torch.equal(resumed.points, original.points) and resumed.robust_draws.tolist() == \
+        original.robust_draws.tolist()
+    assert not layout.adversarials_partial_dir(points).exists()
+
+
+def test_a_saved_file_is_set_aside_never_overwritten(tmp_path):
+    from bench import adversarials
+
+    path = tmp_path / "points.safetensors"
+    adversarials.write_atomic(path, {"points": torch.zeros(2)})
+    adversarials.write_atomic(path, {"points": torch.ones(2)})
+    kept = list((tmp_path / adversarials.HISTORY).iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("points.safetensors.")
+    from safetensors.torch import load_file
+
+    assert load_file(str(kept[0]))["points"].tolist() == [0, 0] and load_file(str(path))["points"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="lacks the tensor"):
+        adversarials.load(path)

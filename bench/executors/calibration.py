@@ -10,7 +10,7 @@ budget relative to the calibrated one):
 - other attacks are priced in units of one forward+backward pass of one image through the defence, the
   unit cost taken from the calibrated PGD+EOT (its full-budget cost / (steps x EOT)): PGD and CW
   steps x restarts, FGSM 1, BPDA+EOT steps x EOT, APGD steps x EOT x restarts, Square queries / 3
-  (forward passes only).
+  (forward passes only), a transfer cell 0 (it replays saved points).
 Training stages are not calibrated: their hours stay the profile's time limits.
 """
 
@@ -76,6 +76,8 @@ def pass_units(attack_name: str, s: dict[str, Any]) -> float | None:
         return s["apgd_steps"] * s.get("eot", 1) * s.get("apgd_restarts", 1)
     if attack_name == "square":
         return s["square_queries"] / 3
+    if attack_name == "transfer":  # replays saved points: no attack pass, only the judgement's forward passes
+        return 0.0
     return None
 
 
