@@ -96,7 +96,7 @@ def run_eval_cell(plan: Plan, cell: EvalCell) -> str:
 def cell_is_done(plan: Plan, cell: EvalCell) -> bool:
     """Whether a cell has its done record and, when it saves its adversarial examples, their file."""
     return records.record_status(layout.record_path(plan, cell), cell.key) == "done" and \
-        (not cell.eval.save_adversarials or layout.adversarials_path(plan, cell).is_file())
+        not layout.points_missing(plan, cell)
 
 
 def ensure_source(plan: Plan, cell: EvalCell) -> adversarials.SavedAdversarials:
@@ -150,7 +150,7 @@ def _evaluate(plan: Plan, cell: EvalCell, partial_path: Path | None, started: fl
 
 def _save_points(plan: Plan, cell: EvalCell, points_dir: Path, images: torch.Tensor, result: dict[str, Any]) -> None:
     """The cell's saved adversarial examples from its batches' points; the partial folder is then removed."""
-    n_batches = (cell.n_examples + cell.eval.batch_size - 1) // cell.eval.batch_size
+    n_batches = (len(images) + cell.eval.batch_size - 1) // cell.eval.batch_size
     metadata = {"key": cell.key, "settings_key": cell.settings_key, "cell": cell.label,
                 "norm": str(cell.attack_params.get("norm")), "eps": str(cell.attack_params.get("eps")),
                 "clean_sha256": adversarials.images_digest(images)}

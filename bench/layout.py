@@ -84,6 +84,11 @@ def adversarials_path(plan: Plan, cell: EvalCell) -> Path:
     return folder / (cell.record_name.removesuffix(".json") + ".safetensors")
 
 
+def points_missing(plan: Plan, cell: EvalCell) -> bool:
+    """Whether a cell that saves its adversarial examples lacks their file (a done record then needs a run)."""
+    return cell.eval.save_adversarials and not adversarials_path(plan, cell).is_file()
+
+
 def adversarials_partial_dir(points: Path) -> Path:
     """Where an evaluation saving `points` keeps each finished batch's points until the cell is done."""
     return points.with_name(points.name.removesuffix(".safetensors") + PARTIAL_SUFFIX)
