@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from defences.atomic import unique_temp
 
@@ -65,8 +66,10 @@ def write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         set_aside(path)
     tmp = unique_temp(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with tmp.open("rb") as handle:
+        data = save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
     finally:
