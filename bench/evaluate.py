@@ -63,7 +63,7 @@ def _batch_result(defence: Defence, attack: attacks.Attack, x: torch.Tensor, y: 
             "attack_seconds": attack_seconds,
             "forward_examples": attack.counts["forward_examples"] - before["forward_examples"],
             "backward_examples": attack.counts["backward_examples"] - before["backward_examples"],
-            "perturbation": size.tolist(), "points": x_adv.detach().cpu(),
+            "perturbation": size.tolist(), "points": x_adv.detach(),
             **batch_extras(defence, attack, x, x_adv, clean_predictions, robust_predictions)}
 
 
@@ -211,9 +211,9 @@ def attack_batches(defence: torch.nn.Module, attack: attacks.Attack, images: tor
                 continue
             pieces = _batch_pieces(defence, attack, images, labels, draws, device, batch, batch_size, sizes,
                                    (seed, settings_key, label))
-            points = torch.cat([piece.pop("points") for piece in pieces])
+            points = [piece.pop("points") for piece in pieces]  # never into `done` (a JSON file)
             if keep_points is not None:
-                keep_points(batch, points)
+                keep_points(batch, torch.cat(points).cpu())
             done[str(batch)] = pieces[0] if len(pieces) == 1 else {"pieces": pieces}
             if after_batch is not None:
                 after_batch()
