@@ -10,6 +10,8 @@
   as a training stage does it, and the test examples the scenario's cells evaluate, for `evaluate`.
 - `load_results(folder)` reads every valid cell record under a grid folder or a results root into a DataFrame,
   one row per record, with a `grid` column. It only reads: invalid files are skipped with a warning.
+- `load_adversarials(where, cell=...)` reads the adversarial examples a cell saved (`eval.save_adversarials`):
+  points, test-split indices, labels and the per-example clean and robust draw matrices (bench.adversarials).
 
 Import from `bench.api`: bench/__init__.py does not re-export these, because it belongs to the code fingerprint
 of every stage and cell (bench.fingerprint counts parent packages), so importing the API there would make
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from attacks.base import Attack
+    from bench.adversarials import SavedAdversarials
     from bench.options import EvalOptions
 
 LOG = logging.getLogger("bench.api")
@@ -257,6 +260,31 @@ def load_results(folder: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"results folder {root} does not exist (or is not a folder)")
     rows = [_row(record, path) for cells in _cells_folders(root) for path, record in _valid_records(cells)]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def load_adversarials(where: str | Path, cell: str | None = None, seed: int = 0) -> SavedAdversarials:
+    """The adversarial examples a cell saved: `where` is the .safetensors file, the cell's record (the file
+    beside it is read), or a grid's results folder with `cell="<scenario>/<defence>/<attack>"` (and `seed`).
+
+    Returns a bench.adversarials.SavedAdversarials (`points`, `index`, `labels`, `clean_draws`, `robust_draws`,
+    `metadata`). Only tensors and strings are read (safetensors): nothing is unpickled. Raises ValueError
+    when there is no such file, when a folder holds several for that cell (older keys: pass the file), or when
+    the file is not one the harness wrote."""
+    from bench import adversarials, layout
+
+    path = Path(where)
+    if path.suffix == ".json":
+        path = path.parent.parent / layout.ADVERSARIALS / (path.name.removesuffix(".json") + ".safetensors")
+    elif path.is_dir():
+        if cell is None or len(cell.split("/")) != 3:
+            raise ValueError(f"{path} is a folder: name the cell as cell='<scenario>/<defence>/<attack>'")
+        pattern = ".".join(cell.split("/")) + f".s{seed}.*.safetensors"
+        found = sorted((path / layout.ADVERSARIALS).glob(pattern))
+        if len(found) != 1:
+            raise ValueError(f"{path}: {len(found)} saved files for cell {cell} seed {seed}"
+                             + (f" ({', '.join(p.name for p in found)}): pass one of them" if found else ""))
+        path = found[0]
+    return adversarials.load(path)
 
 
 def _empty_frame() -> pd.DataFrame:

@@ -34,7 +34,7 @@ from bench.validation import (
 
 RUN_DEFAULTS: dict[str, Any] = RunOptions().to_dict()  # the defaults live in bench.options.RunOptions
 GRID_KEYS = {"description", "n_examples", "seeds", "eval", "defences", "attacks", "blocks", "include", "report"}
-BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds"}
+BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds", "eval"}
 GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")  # an include's value unless the grid's
 
 
@@ -125,6 +125,9 @@ def _check_grid_shape(name: str, grid: dict[str, Any]) -> None:
     for index, block in enumerate(grid.get("blocks") or []):
         if not isinstance(block, dict):
             raise ConfigError(f"grid {name}: block {index} must be a mapping, got {block!r}")
+        if block.get("eval") is not None and not isinstance(block["eval"], dict):
+            raise ConfigError(f"grid {name}: block {block.get('name', index)}: eval must be a mapping of "
+                              f"settings, got {block['eval']!r}")
 
 
 def set_path(target: dict[str, Any], path: list[str], value: Any, where: str, create: bool = False) -> None:
@@ -182,6 +185,10 @@ class RunConfig:
     @property
     def eval_options(self) -> EvalOptions:
         return _typed(EvalOptions.from_dict, self.eval_settings)
+
+    def block_eval_options(self, block: dict[str, Any]) -> EvalOptions:
+        """A block's evaluation protocol: the grid's, with the block's own `eval` settings over it."""
+        return _typed(EvalOptions.from_dict, {**self.eval_settings, **(block.get("eval") or {})})
 
     @property
     def executor_options(self) -> ExecutorOptions:
@@ -251,6 +258,8 @@ def _apply_override(config: RunConfig, key: str, value: Any) -> None:
         if rest not in EVAL_DEFAULTS:
             raise ConfigError(f"{key}: unknown eval setting {rest!r}. {closest_hint(rest, EVAL_DEFAULTS)}")
         grid["eval"][rest] = value
+        for block in grid["blocks"]:  # the command line wins over a block's own setting
+            (block.get("eval") or {}).pop(rest, None)
     elif head == options["executor"] and rest:
         if rest not in executor_options:
             raise ConfigError(f"{key}: executor {head} has no option {rest!r}. "
@@ -286,10 +295,12 @@ def _check_grid_values(config: RunConfig) -> None:
                 raise ConfigError(f"{label}: {kind} must be a list of names, got {scope[kind]!r}")
     if not isinstance(grid["eval"], dict):
         raise ConfigError(f"{where}: eval must be a mapping of settings, got {grid['eval']!r}")
-    for key, value in grid["eval"].items():
-        if key not in EVAL_DEFAULTS:
-            raise ConfigError(f"{where}: unknown eval setting {key!r}. {closest_hint(key, EVAL_DEFAULTS)}")
-        grid["eval"][key] = check_eval_setting(key, value, DECISIONS)
+    for index, scope in enumerate([grid, *grid["blocks"]]):
+        label = where if index == 0 else f"{where} block {scope.get('name', index - 1)}"
+        for key, value in (scope.get("eval") or {}).items():
+            if key not in EVAL_DEFAULTS:
+                raise ConfigError(f"{label}: unknown eval setting {key!r}. {closest_hint(key, EVAL_DEFAULTS)}")
+            scope["eval"][key] = check_eval_setting(key, value, DECISIONS)
 
 
 def _hint(head: str) -> str:

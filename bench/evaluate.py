@@ -9,6 +9,7 @@ the retries. The record's format is bench.records'.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -21,12 +22,13 @@ import attacks
 from attacks.progress import Progress
 from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
 from attacks.seeding import derive_seed, seed_everything
-from bench import layout, oom, records
+from bench import adversarials, layout, oom, records
 from bench.grid import EvalCell, Plan
 from bench.locks import locked
 from bench.runtime import hardware_summary, resolve_device
 from bench.scenarios import Scenario
 from bench.training_stage import load_fitted_defence, load_split
+from bench.transfer import TRANSFER, SavedPoints, replay_attack
 from defences.atomic import write_json_atomic
 from defences.base import Defence
 
@@ -61,7 +63,7 @@ def _batch_result(defence: Defence, attack: attacks.Attack, x: torch.Tensor, y: 
             "attack_seconds": attack_seconds,
             "forward_examples": attack.counts["forward_examples"] - before["forward_examples"],
             "backward_examples": attack.counts["backward_examples"] - before["backward_examples"],
-            "perturbation": size.tolist(),
+            "perturbation": size.tolist(), "points": x_adv.detach(),
             **batch_extras(defence, attack, x, x_adv, clean_predictions, robust_predictions)}
 
 
@@ -72,11 +74,11 @@ def run_eval_cell(plan: Plan, cell: EvalCell) -> str:
     done. Once the new record is written, older records of the same settings (stale: other code or inputs)
     move to cells/history/."""
     record_path = layout.record_path(plan, cell)
-    if records.record_status(record_path, cell.key) == "done":
+    if cell_is_done(plan, cell):
         return "skipped"
     with locked(layout.lock_path(record_path), label=f"cell {cell.label}"):
         status = records.record_status(record_path, cell.key)
-        if status == "done":
+        if cell_is_done(plan, cell):
             return "skipped"
         if status is not None:
             records.archive(record_path)
@@ -89,6 +91,21 @@ def run_eval_cell(plan: Plan, cell: EvalCell) -> str:
                                                              cell.settings_key):
                     records.archive(path)
         return record["status"]
+
+
+def cell_is_done(plan: Plan, cell: EvalCell) -> bool:
+    """Whether a cell has its done record and, when it saves its adversarial examples, their file."""
+    return records.record_status(layout.record_path(plan, cell), cell.key) == "done" and \
+        not layout.points_missing(plan, cell)
+
+
+def ensure_source(plan: Plan, cell: EvalCell) -> adversarials.SavedAdversarials:
+    """A transfer cell's source points: the source cell is evaluated first when it is not done (its lock makes a
+    job evaluating it at the same time finish it first); a source that fails fails this cell."""
+    source = plan.cell(cell.source_key)
+    if run_eval_cell(plan, source) not in ("done", "skipped") or not cell_is_done(plan, source):
+        raise RuntimeError(f"the source cell {source.label} of this transfer cell has no result (see its record)")
+    return adversarials.load(layout.adversarials_path(plan, source))
 
 
 def evaluate_cell(plan: Plan, cell: EvalCell, partial_path: Path | None = None) -> dict[str, Any]:
@@ -110,19 +127,38 @@ def evaluate_cell(plan: Plan, cell: EvalCell, partial_path: Path | None = None) 
 
 
 def _evaluate(plan: Plan, cell: EvalCell, partial_path: Path | None, started: float) -> dict[str, Any]:
-    """The result fields of a done record."""
+    """The result fields of a done record (and the saved points file, for a cell that saves them)."""
+    saved = ensure_source(plan, cell) if cell.attack_name == TRANSFER else None
     device = resolve_device(plan.options.device)
     defence = load_fitted_defence(plan, cell.stage_key, device)
     index, images, labels = evaluation_subset(plan.scenario(cell.scenario), cell.n_examples, plan.options.data_dir,
                                               plan.options.smoke)
+    attack = build_attack(cell) if saved is None else \
+        replay_attack(saved, cell.attack_params["source"], index, images, labels, cell.attack_params["eps"],
+                      cell.attack_params["norm"])
     draws = cell.eval.draws_for(defence.stochastic)
-    attack = build_attack(cell)
-    batches = _attack_batches(cell, defence, attack, images, labels, draws, device, partial_path)
+    points_dir = layout.adversarials_partial_dir(layout.adversarials_path(plan, cell)) \
+        if cell.eval.save_adversarials else None
+    batches = _attack_batches(cell, defence, attack, images, labels, draws, device, partial_path, points_dir)
     # the components' declared facts the report reads (bench/reporting/decomposition.py)
     declared = {"has_purifier": bool(defence.has_purifier), "through_bpda": bool(type(attack).through_bpda)}
-    return {**result_fields(batches, index.tolist(), labels, defence.stochastic, draws, cell.eval.decision),
-            **declared,
-            "wall_seconds": time.time() - started, "hardware": hardware_summary(device), "finished_at": time.time()}
+    result = {**result_fields(batches, index.tolist(), labels, defence.stochastic, draws, cell.eval.decision),
+              **declared, "wall_seconds": time.time() - started, "hardware": hardware_summary(device),
+              "finished_at": time.time()}
+    if points_dir is not None:
+        _save_points(plan, cell, points_dir, images, result)
+    return result
+
+
+def _save_points(plan: Plan, cell: EvalCell, points_dir: Path, images: torch.Tensor, result: dict[str, Any]) -> None:
+    """The cell's saved adversarial examples from its batches' points; the partial folder is then removed."""
+    n_batches = (len(images) + cell.eval.batch_size - 1) // cell.eval.batch_size
+    metadata = {"key": cell.key, "settings_key": cell.settings_key, "cell": cell.label,
+                "norm": str(cell.attack_params.get("norm")), "eps": str(cell.attack_params.get("eps")),
+                "clean_sha256": adversarials.images_digest(images)}
+    adversarials.save(layout.adversarials_path(plan, cell), adversarials.gather_batches(points_dir, n_batches),
+                      result, metadata)
+    shutil.rmtree(points_dir, ignore_errors=True)
 
 
 def result_fields(batches: list[dict[str, Any]], index: list[int], labels: torch.Tensor, stochastic: bool,
@@ -144,23 +180,29 @@ def result_fields(batches: list[dict[str, Any]], index: list[int], labels: torch
 
 
 def _attack_batches(cell: EvalCell, defence: Defence, attack: attacks.Attack, images: torch.Tensor,
-                    labels: torch.Tensor, draws: int, device: torch.device,
-                    partial_path: Path | None) -> list[dict[str, Any]]:
-    """A cell's batches, resumed from and saved to its partial file when it has one."""
+                    labels: torch.Tensor, draws: int, device: torch.device, partial_path: Path | None,
+                    points_dir: Path | None = None) -> list[dict[str, Any]]:
+    """A cell's batches, resumed from and saved to its partial file when it has one; with `points_dir`, each
+    batch's points are kept there (a batch done without its points file is computed again)."""
     partial = _read_partial(partial_path, cell) if partial_path else {"key": cell.key, "batches": {}}
+    if points_dir is not None:
+        kept = adversarials.saved_batches(points_dir)
+        partial["batches"] = {b: v for b, v in partial["batches"].items() if b.isdigit() and int(b) in kept}
     save = (lambda: write_json_atomic(partial_path, partial)) if partial_path else None
+    keep = (lambda batch, points: adversarials.save_batch(points_dir, batch, points)) if points_dir else None
     return attack_batches(defence, attack, images, labels, draws, device, batch_size=cell.eval.batch_size,
                           seed=cell.seed, settings_key=cell.settings_key, label=cell.label,
-                          done=partial["batches"], after_batch=save)
+                          done=partial["batches"], after_batch=save, keep_points=keep)
 
 
 def attack_batches(defence: torch.nn.Module, attack: attacks.Attack, images: torch.Tensor, labels: torch.Tensor,
                    draws: int, device: torch.device, *, batch_size: int, seed: int, settings_key: str, label: str,
-                   done: dict[str, Any] | None = None,
-                   after_batch: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                   done: dict[str, Any] | None = None, after_batch: Callable[[], None] | None = None,
+                   keep_points: Callable[[int, torch.Tensor], None] | None = None) -> list[dict[str, Any]]:
     """Every batch's results in order (a batch retried in smaller pieces after running out of GPU memory gives
-    one result per piece). Batches already in `done` (by index as a string) are kept; `after_batch` runs after
-    each new one (the runner saves there). Seeds: `piece_seed`; out of memory: bench.oom."""
+    one result per piece). Batches already in `done` (by index as a string) are kept; `keep_points(batch,
+    points)` gets each new batch's final points (on the CPU), then `after_batch` runs (the runner saves
+    there). Seeds: `piece_seed`; out of memory: bench.oom."""
     done = {} if done is None else done
     n_batches = (len(labels) + batch_size - 1) // batch_size
     progress = Progress(label, n_batches, LOG, every_s=20.0, unit="batches")
@@ -171,6 +213,9 @@ def attack_batches(defence: torch.nn.Module, attack: attacks.Attack, images: tor
                 continue
             pieces = _batch_pieces(defence, attack, images, labels, draws, device, batch, batch_size, sizes,
                                    (seed, settings_key, label))
+            points = [piece.pop("points") for piece in pieces]  # never into `done` (a JSON file)
+            if keep_points is not None:
+                keep_points(batch, torch.cat(points).cpu())
             done[str(batch)] = pieces[0] if len(pieces) == 1 else {"pieces": pieces}
             if after_batch is not None:
                 after_batch()
@@ -200,8 +245,9 @@ def _batch_pieces(defence: torch.nn.Module, attack: attacks.Attack, images: torc
         size = sizes.eval_batch
         stop = min(end, (start // size + 1) * size)
         try:
-            result = _batch_result(defence, attack, images[start:stop].to(device), labels[start:stop].to(device),
-                                   draws, piece_seed(seed, settings_key, start, size))
+            piece_attack = attack.at(start) if isinstance(attack, SavedPoints) else attack
+            result = _batch_result(defence, piece_attack, images[start:stop].to(device),
+                                   labels[start:stop].to(device), draws, piece_seed(seed, settings_key, start, size))
         except torch.OutOfMemoryError as error:  # handled below, once the error and its frames are released
             message = str(error)
         else:

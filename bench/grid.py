@@ -29,6 +29,7 @@ from bench.config import RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
 from bench.options import EvalOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
+from bench.transfer import TRANSFER
 from bench.validation import check_dataclass_values
 
 
@@ -79,6 +80,7 @@ class EvalCell:
     record_name: str
     settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
     fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
+    source_key: str | None = None  # a transfer cell's: the cell whose saved points it evaluates (bench.transfer)
 
     @property
     def label(self) -> str:
@@ -222,6 +224,7 @@ class _Planner:
         self.scenarios: dict[str, Scenario] = {}
         self.stages: dict[str, TrainStage] = {}
         self.cells: dict[str, EvalCell] = {}
+        self.transfers: list[tuple] = []  # transfer cells' arguments, planned after every other cell
 
     def scenario(self, name: str) -> Scenario:
         if name not in self.scenarios:
@@ -255,22 +258,26 @@ class _Planner:
                                           settings_key=content_key(identity), fingerprint=fingerprint)
         return self.stages[key]
 
-    def add_cell(self, block_name: str, stage: TrainStage, attack_key: str, n_examples: int) -> None:
+    def add_cell(self, block_name: str, stage: TrainStage, attack_key: str, n_examples: int,
+                 eval_options: EvalOptions | None = None) -> None:
+        eval_options = eval_options or self.eval_options
         scenario = self.scenario(stage.scenario)
         attack_name, attack = _resolve_attack(self.grid["attacks"][attack_key], scenario.norm, scenario.eps,
                                               f"attacks.{attack_key}")
         identity = {"stage": stage.settings_key, "attack": attack.settings(),
-                    "attack_code_version": type(attack).code_version, "eval": self.eval_options.to_dict(),
+                    "attack_code_version": type(attack).code_version, "eval": eval_options.identity(),
                     "n_examples": n_examples, "seed": stage.seed, "test_subset_seed": scenario.test_subset_seed}
         fingerprint = {"code": _code_of(cell_code, type(attack), f"attacks.{attack_key}"), **stage.fingerprint}
         key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"]})
         if key in self.cells:
+            if eval_options.save_adversarials:  # one of the blocks planning the same cell saves its points
+                self.cells[key].eval = eval_options
             return
         self.cells[key] = EvalCell(
             key=key, grid=self.config.grid_name, block=block_name, scenario=stage.scenario,
             defence_key=stage.defence_key, defence_name=stage.defence_name, stage_key=stage.key,
             attack_key=attack_key, attack_name=attack_name, attack_params=attack.settings(),
-            attack_budget=attack.budget(), seed=stage.seed, n_examples=n_examples, eval=self.eval_options,
+            attack_budget=attack.budget(), seed=stage.seed, n_examples=n_examples, eval=eval_options,
             record_name=f"{stage.scenario}.{stage.defence_key}.{attack_key}.s{stage.seed}.{key}.json",
             settings_key=content_key(identity), fingerprint=fingerprint)
 
@@ -283,11 +290,32 @@ class _Planner:
                 for defence_key in block.get("defences", []):
                     stage = self.stage_for(scenario_name, defence_key, int(seed))
                     for attack_key in block.get("attacks", []):
-                        self.add_cell(block_name, stage, attack_key, n_examples)
+                        cell = (block_name, stage, attack_key, n_examples, self.config.block_eval_options(block))
+                        if self.grid["attacks"][attack_key].get("name") == TRANSFER:
+                            self.transfers.append(cell)  # planned once every cell it may read from is
+                        else:
+                            self.add_cell(*cell)
+
+    def add_transfer_cell(self, block_name: str, stage: TrainStage, attack_key: str, n_examples: int,
+                          eval_options: EvalOptions) -> None:
+        """A cell evaluating the points another cell saved (bench.transfer_plan resolves and checks it)."""
+        from bench.transfer_plan import transfer_parts
+
+        source, attack, identity, fingerprint = transfer_parts(self, stage, attack_key, n_examples, eval_options)
+        key = content_key({**identity, "stage": stage.key, "code": fingerprint["code"], "source": source.key})
+        self.cells.setdefault(key, EvalCell(
+            key=key, grid=self.config.grid_name, block=block_name, scenario=stage.scenario,
+            defence_key=stage.defence_key, defence_name=stage.defence_name, stage_key=stage.key,
+            attack_key=attack_key, attack_name=attack.registry_name, attack_params=attack.settings(),
+            attack_budget=attack.budget(), seed=stage.seed, n_examples=n_examples, eval=eval_options,
+            record_name=f"{stage.scenario}.{stage.defence_key}.{attack_key}.s{stage.seed}.{key}.json",
+            settings_key=content_key(identity), fingerprint=fingerprint, source_key=source.key))
 
     def plan(self) -> Plan:
         for index, block in enumerate(self.grid["blocks"]):
             self.add_block(index, block)
+        for transfer in self.transfers:
+            self.add_transfer_cell(*transfer)
         if not self.cells:
             raise ConfigError(f"grid {self.config.grid_name} expands to no cells: every block needs scenarios, "
                               "defences and attacks")

@@ -9,6 +9,9 @@
         cells/<record name>.lock       the lock of a cell at work
         cells/history/, cells/quarantine/   older attempts, and files that are not valid records
         diagnostics/<scenario>.<defence>.<attack>.s<seed>.json
+        adversarials/<record name less .json>.safetensors   a cell's saved final points (eval.save_adversarials)
+        adversarials/<...>.partial/batch-<b>.safetensors     the points of the batches an interrupted run saved
+        adversarials/history/                                 files set aside instead of overwritten
     <artifacts_dir>/<scenario>/<defence>-s<seed>-<key>/   one training stage's artifact
         defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json
     <jobs_dir>/local/, <jobs_dir>/slurm/<grid>/<job id>/    the executors' job logs
@@ -33,6 +36,7 @@ CELLS = "cells"
 HISTORY = "history"
 QUARANTINE = "quarantine"
 DIAGNOSTICS = "diagnostics"
+ADVERSARIALS = "adversarials"
 STAGE_DONE = METADATA_FILE  # defences.base.Defence.save writes it last: the stage is done
 STAGE_FAILED = "failed.json"
 PARTIAL_SUFFIX = ".partial"
@@ -72,6 +76,22 @@ def diagnostics_dir(grid_folder: Path) -> Path:
 def record_path(plan: Plan, cell: EvalCell) -> Path:
     """The record file of a planned cell."""
     return cells_dir(grid_dir(plan.options.results_dir, plan.grid)) / cell.record_name
+
+
+def adversarials_path(plan: Plan, cell: EvalCell) -> Path:
+    """The saved final points of a planned cell (named, like its record, by the cell's key)."""
+    folder = Path(grid_dir(plan.options.results_dir, plan.grid)) / ADVERSARIALS
+    return folder / (cell.record_name.removesuffix(".json") + ".safetensors")
+
+
+def points_missing(plan: Plan, cell: EvalCell) -> bool:
+    """Whether a cell that saves its adversarial examples lacks their file (a done record then needs a run)."""
+    return cell.eval.save_adversarials and not adversarials_path(plan, cell).is_file()
+
+
+def adversarials_partial_dir(points: Path) -> Path:
+    """Where an evaluation saving `points` keeps each finished batch's points until the cell is done."""
+    return points.with_name(points.name.removesuffix(".safetensors") + PARTIAL_SUFFIX)
 
 
 def partial_path(record: Path) -> Path:

@@ -68,6 +68,7 @@ class EvalOptions:
     draws: int = 1              # forward passes per example for deterministic defences
     stochastic_draws: int = 8   # forward passes per example for stochastic defences (K)
     decision: str = "single"    # headline accuracy for stochastic defences: single | majority | worst
+    save_adversarials: bool = False  # keep every example's final point (bench.adversarials); not in the key
 
     @classmethod
     def from_dict(cls, given: dict[str, Any]) -> EvalOptions:
@@ -76,6 +77,11 @@ class EvalOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change a result (a cell's key): all but `save_adversarials`, which only keeps the
+        points the evaluation computes anyway (so turning it on reuses no other seeds, and older keys hold)."""
+        return {k: v for k, v in self.to_dict().items() if k != "save_adversarials"}
 
     def draws_for(self, stochastic: bool) -> int:
         """Forward passes per example: K for a stochastic defence, `draws` for a deterministic one."""

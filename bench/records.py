@@ -315,7 +315,7 @@ def stale_records(records: list[dict[str, Any]], plan: Any) -> list[dict[str, An
         if cell is None or cell["key"] == record.get("key"):
             continue
         old, new = record.get("fingerprint") or {}, cell.get("fingerprint") or {}
-        changed = [name for part in ("code", "stage_code", "stage_inputs")
+        changed = [name for part in ("code", "stage_code", "stage_inputs", "source")
                    for name in changes(old.get(part), new.get(part, {}))]
         stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell["key"],
                       "changed": sorted(set(changed)) or ["the stage it builds on"]})

@@ -30,6 +30,7 @@ from bench.reporting.layouts import ReportConfigError, configured_layouts
 from bench.reporting.paper_numbers import PaperNumbersError, load_paper_numbers
 from bench.reporting.sections import Section
 from bench.reporting.tables import Table, to_latex, to_markdown
+from bench.reporting.transfer_table import transfer_table
 
 LOG = logging.getLogger("bench.report")
 
@@ -168,6 +169,9 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     tables_dir, figures_dir = results_dir / "tables", results_dir / "figures"
 
     sections, headline_figures = _headline_sections(grid, figures_dir, tables_dir, written)
+    if (transfers := transfer_table(grid)) is not None:
+        sections.append(Section("transfer-section", "Transfer between defences",
+                                tables=[(transfers, _write_table(transfers, tables_dir, "transfer", written))]))
     sections.append(_layout_section(grid, tables_dir, written))
     cells_table, cells_frame = long_table.build(grid)
     _write(results_dir / "summary.csv", cells_frame.to_csv(index=False), written)

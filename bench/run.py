@@ -46,6 +46,8 @@ def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
     for cell in plan.cells:
         path = layout.record_path(plan, cell)
         state = records.record_status(path, cell.key) or "pending"
+        if state == "done" and layout.points_missing(plan, cell):
+            state = "pending"  # done before it saved its adversarial examples: run again to save them
         if state == "pending" and cell.settings_key and \
                 records.same_settings_records(path.parent, cell.record_name, cell.settings_key):
             state = "stale"

@@ -139,6 +139,8 @@ def apply(config: Any) -> None:
     grid["eval"] = {**(grid.get("eval") or {}), **SMOKE_EVAL}
     for block in grid["blocks"]:
         block.pop("n_examples", None)
+        for key in SMOKE_EVAL:
+            (block.get("eval") or {}).pop(key, None)
     for kind, budget in (("defences", defence_budget_of), ("attacks", attack_budget)):
         for key, spec in grid[kind].items():
             try:

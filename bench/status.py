@@ -23,7 +23,8 @@ def stage_file_state(plan: Plan, key: str) -> str | None:
 
 
 def cell_file_state(plan: Plan, cell: EvalCell) -> str | None:
-    return records.record_status(layout.record_path(plan, cell), cell.key)
+    state = records.record_status(layout.record_path(plan, cell), cell.key)
+    return None if state == "done" and layout.points_missing(plan, cell) else state
 
 
 def _stale(plan: Plan, cell: EvalCell) -> bool:

@@ -96,6 +96,8 @@ def check_run_option(key: str, value: Any) -> Any:
 def check_eval_setting(key: str, value: Any, decisions: tuple[str, ...]) -> Any:
     if key in ("batch_size", "draws", "stochastic_draws"):
         return as_int(f"eval.{key}", value, minimum=1)
+    if key == "save_adversarials":
+        return as_bool(f"eval.{key}", value)
     if key == "decision" and value not in decisions:
             raise SettingError(f"eval.decision={describe_value(value)} is not valid; valid: {', '.join(decisions)}")
     return value

@@ -162,7 +162,9 @@ def seeded_cell_repeats(defence: Defence, size: Size, device: torch.device) -> d
             for _ in range(2)]
     for run in runs:
         run.pop("attack_seconds")
-    return {"identical": runs[0] == runs[1], "defence": type(defence).__name__, "draws": 4}
+    points = [run.pop("points") for run in runs]
+    identical = runs[0] == runs[1] and torch.equal(points[0], points[1])
+    return {"identical": identical, "defence": type(defence).__name__, "draws": 4}
 
 
 def run_benchmark(size_name: str, device_name: str = "auto", budget_s: float = 480.0) -> dict[str, Any]:

@@ -11,8 +11,9 @@ fact declared by the component:
   `smoke_budget`: steps, APGD/FAB steps, Square queries) to its default, times the EOT ratio;
 - any other attack is priced by its own `Attack.passes_per_image()` (forward+backward passes of one image at
   its settings: PGD and CW steps x restarts, FGSM 1, BPDA+EOT steps x EOT, APGD steps x EOT x restarts, Square
-  queries / 3) in units of one pass through the defence, the unit cost taken from the measured PGD+EOT (its
-  cost / the passes of its default budget); an attack whose passes are not known in advance is not priced.
+  queries / 3; a transfer cell 0, it replays saved points) in units of one pass through the defence, the unit
+  cost taken from the measured PGD+EOT (its cost / the passes of its default budget); an attack whose passes
+  are not known in advance is not priced.
 Training stages are not calibrated: their hours stay the profile's time limits.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.conffiles import ConfigError
+from bench.transfer import TRANSFER
 
 REFERENCE_ATTACK = "pgd_eot"  # the measured attack whose cost per pass prices the others
 
@@ -69,7 +71,10 @@ def budget_ratio(attack_name: str, settings: dict[str, Any]) -> float:
 
 
 def pass_units(attack_name: str, settings: dict[str, Any]) -> float | None:
-    """Forward+backward passes per image of an attack at `settings` (its `passes_per_image`); None if unknown."""
+    """Forward+backward passes per image of an attack at `settings` (its `passes_per_image`); None if unknown.
+    A transfer cell replays saved points: no attack pass, only the judgement's forward passes."""
+    if attack_name == TRANSFER:
+        return 0.0
     return _attack(attack_name, settings).passes_per_image()
 
 
