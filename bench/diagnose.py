@@ -28,8 +28,9 @@ from attacks.seeding import seed_everything
 from bench import layout
 from bench.conffiles import ConfigError
 from bench.config import compose, parse_overrides
-from bench.grid import EvalCell, Plan, expand
+from bench.grid import expand
 from bench.logs import configure_logging
+from bench.plan import EvalCell, Plan
 from bench.runtime import git_commit, package_versions, resolve_device
 from defences.atomic import write_json_atomic
 

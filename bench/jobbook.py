@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import layout, records
 from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import Plan
+from bench.plan import Plan
 from defences.atomic import write_json_atomic
 
 

@@ -19,12 +19,9 @@ Every module asks this one for a path or for "is this stage done"; none spells a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from bench.plan import EvalCell, Plan
 from defences.base import METADATA_FILE
-
-if TYPE_CHECKING:
-    from bench.grid import EvalCell, Plan
 
 PLAN_DIR = ".plan"
 LATEST_PLAN = "plan.json"

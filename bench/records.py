@@ -16,13 +16,11 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from bench import layout
+from bench.plan import EvalCell, TrainStage
 from bench.record_checks import deep_problems
-
-if TYPE_CHECKING:
-    from bench.grid import EvalCell, TrainStage
 
 LOG = logging.getLogger("bench.records")
 SCHEMA_VERSION = 2
@@ -271,7 +269,7 @@ def provenance_summary(records: list[dict[str, Any]], plan: Any = None) -> dict[
      "unknown": [label, ...], # records without commit information (not in a git checkout)
      "stale": [{"record": label, "key": str, "current_key": str, "changed": [file, ...]}, ...]}
 
-    A record is stale when `plan` (a bench.grid.Plan, or the dict of plan.json) has a cell with its settings
+    A record is stale when `plan` (a bench.plan.Plan, or the dict of plan.json) has a cell with its settings
     key but another key; `changed` names the code files and inputs whose digests differ.
     """
     counts: dict[tuple[str | None, bool | None], int] = {}

@@ -17,9 +17,10 @@ from bench import layout, records
 from bench.conffiles import ConfigError, available, error_line
 from bench.config import RUN_DEFAULTS, RunConfig, compose
 from bench.executors import Executor, make_executor
-from bench.grid import Plan, expand
+from bench.grid import expand
 from bench.logs import configure_logging
 from bench.options import RunOptions
+from bench.plan import Plan
 from bench.planfile import write_plan
 from bench.runtime import configure_threads, resolve_device
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from bench import layout, records
 from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import EvalCell, Plan
 from bench.jobbook import JobBook
+from bench.plan import EvalCell, Plan
 from bench.planfile import read_plan
 
 

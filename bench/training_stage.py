@@ -20,10 +20,10 @@ import torch
 import defences
 from attacks.seeding import derive_seed, seed_everything
 from bench import layout, records
-from bench.grid import Plan, TrainStage
 from bench.locks import locked
 from bench.logs import job_log
 from bench.options import RunOptions
+from bench.plan import Plan, TrainStage
 from bench.runtime import git_state, hardware_summary, package_versions, resolve_device
 from bench.scenarios import Scenario
 from defences.atomic import write_json_atomic

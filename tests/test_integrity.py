@@ -16,9 +16,10 @@ import pytest
 
 from bench import records
 from bench.config import compose
-from bench.grid import Plan, expand
+from bench.grid import expand
 from bench.layout import record_path
 from bench.locks import WorkLock
+from bench.plan import Plan
 from bench.run import main as run_main
 from bench.run import plan_state
 from defences.atomic import write_json_atomic

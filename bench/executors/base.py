@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from bench.options import ExecutorOptions, RunOptions
-
-if TYPE_CHECKING:
-    from bench.grid import Plan
+from bench.plan import Plan
 
 
 class Executor(ABC):

@@ -34,10 +34,10 @@ from bench import layout
 from bench.conffiles import CONF_DIR, ConfigError
 from bench.executors.base import Executor
 from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import Plan
 from bench.jobbook import JobBook, collect_finished_jobs
 from bench.jobs import CellJob, StageJob
 from bench.options import RunOptions, SlurmOptions
+from bench.plan import Plan
 from bench.planfile import read_plan
 
 LOG = logging.getLogger("bench.executors")
