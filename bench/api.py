@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from bench.options import EvalOptions
 
 LOG = logging.getLogger("bench.api")
-CELLS_FOLDER = "cells"
 COLUMNS = [
     "grid", "scenario", "defence", "defence_name", "attack", "attack_name", "target", "norm", "eps", "seed", "n",
     "draws", "decision", "stochastic", "status", "clean_acc", "clean_ci_low", "clean_ci_high", "robust_acc",
@@ -266,10 +265,13 @@ def _empty_frame() -> pd.DataFrame:
 
 
 def _cells_folders(root: Path) -> list[Path]:
-    if (root / CELLS_FOLDER).is_dir():
-        return [root / CELLS_FOLDER]
-    return sorted(path for path in root.rglob(CELLS_FOLDER)
-                  if path.is_dir() and CELLS_FOLDER not in path.relative_to(root).parts[:-1])
+    """The cells/ folder of a grid folder, or those of every grid under a results root."""
+    from bench import layout
+
+    if layout.cells_dir(root).is_dir():
+        return [layout.cells_dir(root)]
+    return sorted(path for path in root.rglob(layout.CELLS)
+                  if path.is_dir() and layout.CELLS not in path.relative_to(root).parts[:-1])
 
 
 def _valid_records(cells: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from attacks.registry import closest_hint
-from bench.conffiles import ConfigError, available, load_conf, yaml_where
+from bench.conffiles import ConfigError, available, grid_name, load_conf, yaml_where
 from bench.options import DECISIONS, EVAL_DEFAULTS, EvalOptions, ExecutorOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import (
@@ -168,8 +168,7 @@ class RunConfig:
     @property
     def grid_name(self) -> str:
         """The grid's name: its conf name, or the stem of a grid file given by path."""
-        grid = str(self.options["grid"])
-        return Path(grid).stem if grid.endswith((".yaml", ".yml")) else grid
+        return grid_name(str(self.options["grid"]))
 
     @property
     def eval_settings(self) -> dict[str, Any]:

@@ -77,11 +77,6 @@ def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, A
     return {**budget, **given}
 
 
-def output_path(results_dir: Path, cell: EvalCell) -> Path:
-    return layout.diagnostics_dir(results_dir) / \
-        f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
-
-
 def split_arguments(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """(this tool's own settings, budget settings, bench.run settings) from `key=value` arguments."""
     own: dict[str, Any] = {}
@@ -151,7 +146,7 @@ def run(argv: list[str]) -> Path:
     cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
     ensure_fitted(plan, cell, bool(own.get("train_missing")))
     document = diagnose_cell(plan, cell, int(own.get("n", 100)), budget)
-    path = output_path(config.results_dir(), cell)
+    path = layout.diagnostics_path(config.results_dir(), cell)
     write_json_atomic(path, document)
     LOG.info("wrote %s", path)
     return path

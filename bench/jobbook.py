@@ -27,7 +27,7 @@ class JobBook:
     @classmethod
     def for_plan(cls, plan_path: Path) -> JobBook:
         """The book beside a plan file (both under the grid's .plan/ folder)."""
-        return cls(layout.job_book_path(Path(plan_path).parent.parent))
+        return cls(layout.job_book_path(layout.grid_dir_of_plan(plan_path)))
 
     def latest(self, key: str) -> dict[str, Any] | None:
         attempts = self.jobs.get(key)

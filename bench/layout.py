@@ -9,8 +9,11 @@
         cells/<record name>.lock       the lock of a cell at work
         cells/history/, cells/quarantine/   older attempts, and files that are not valid records
         diagnostics/<scenario>.<defence>.<attack>.s<seed>.json
+        summary.md, summary.csv, index.html, tables/, figures/   the report (bench.report)
+    <results_dir>/smoke/, <artifacts_dir>/smoke/   the same folders of a `smoke=true` run
     <artifacts_dir>/<scenario>/<defence>-s<seed>-<key>/   one training stage's artifact
-        defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json
+        defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json,
+        progress-<phase>.pt (a fit's resumable checkpoints, removed once the stage is done)
     <jobs_dir>/local/, <jobs_dir>/slurm/<grid>/<job id>/    the executors' job logs
 
 Every module asks this one for a path or for "is this stage done"; none spells a name of its own.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.plan import EvalCell, Plan
-from defences.base import METADATA_FILE
+from defences.base import METADATA_FILE, PROGRESS_FILE
 
 PLAN_DIR = ".plan"
 LATEST_PLAN = "plan.json"
@@ -32,8 +35,15 @@ QUARANTINE = "quarantine"
 DIAGNOSTICS = "diagnostics"
 STAGE_DONE = METADATA_FILE  # defences.base.Defence.save writes it last: the stage is done
 STAGE_FAILED = "failed.json"
+SMOKE = "smoke"
+TABLES = "tables"  # the report's files, relative to the grid's folder (the report links them so)
+FIGURES = "figures"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+REPORT_PAGE = "index.html"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+JOB_ID_PLACEHOLDER = "%j"  # submitit's (and SLURM's) stand-in for the job id in a job's paths
 
 
 # --- a grid's results folder ------------------------------------------------------------------------------
@@ -64,6 +74,43 @@ def cells_dir(grid_folder: Path) -> Path:
 
 def diagnostics_dir(grid_folder: Path) -> Path:
     return Path(grid_folder) / DIAGNOSTICS
+
+
+def diagnostics_path(grid_folder: Path, cell: EvalCell) -> Path:
+    """The diagnostics file of a cell (bench.diagnose writes it, the report reads the folder)."""
+    return diagnostics_dir(grid_folder) / f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
+
+
+def grid_dir_of_plan(plan_path: str | Path) -> Path:
+    """The grid's folder of a plan file in its .plan/ folder."""
+    return Path(plan_path).parent.parent
+
+
+def smoke_dir(folder: str | Path) -> Path:
+    """Where a smoke run puts what would go in `folder` (results or artifacts): never mixed with real ones."""
+    return Path(folder) / SMOKE
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+def report_tables_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / TABLES
+
+
+def report_figures_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / FIGURES
+
+
+def summary_md_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / SUMMARY_MD
+
+
+def summary_csv_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / SUMMARY_CSV
+
+
+def report_page_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / REPORT_PAGE
 
 
 def record_path(plan: Plan, cell: EvalCell) -> Path:
@@ -113,6 +160,11 @@ def stage_file_state(artifact_dir: str | Path) -> str | None:
     return "failed" if stage_failed_path(artifact_dir).exists() else None
 
 
+def stage_progress_files(artifact_dir: str | Path) -> list[Path]:
+    """The resumable checkpoints a fit left in its folder (defences.base.FitContext.checkpoint_path)."""
+    return sorted(Path(artifact_dir).glob(PROGRESS_FILE.format(phase="*")))
+
+
 def stage_artifact_dir(artifacts_dir: str | Path, scenario: str, defence_key: str, seed: int, key: str) -> Path:
     return Path(artifacts_dir) / scenario / f"{defence_key}-s{seed}-{key}"
 
@@ -126,3 +178,13 @@ def local_jobs_dir(jobs_dir: str | Path) -> Path:
 def slurm_jobs_dir(jobs_dir: str | Path) -> Path:
     """SLURM job folders go under <this>/<grid>/<job id>/ (resolved: the jobs run from the submission folder)."""
     return Path(jobs_dir).resolve() / "slurm"
+
+
+def slurm_grid_jobs_dir(jobs_dir: str | Path, grid: str) -> Path:
+    """The folder of a grid's SLURM jobs."""
+    return slurm_jobs_dir(jobs_dir) / grid
+
+
+def slurm_job_folder(jobs_dir: str | Path, grid: str) -> Path:
+    """One SLURM job's folder, as submitit takes it (`%j`: SLURM puts the job id in)."""
+    return slurm_grid_jobs_dir(jobs_dir, grid) / JOB_ID_PLACEHOLDER

@@ -18,6 +18,11 @@ from bench.options import EvalOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
 
 
+def cell_label(scenario: Any, defence: Any, attack: Any, seed: Any) -> str:
+    """How a cell is named to people (the plan, the status table, the report, a record's provenance)."""
+    return f"{scenario}/{defence}/{attack}/seed{seed}"
+
+
 def content_key(payload: Any, length: int = 16) -> str:
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
@@ -68,7 +73,7 @@ class EvalCell:
 
     @property
     def label(self) -> str:
-        return f"{self.scenario}/{self.defence_key}/{self.attack_key}/seed{self.seed}"
+        return cell_label(self.scenario, self.defence_key, self.attack_key, self.seed)
 
 
 PLAN_FORMAT = 2  # 2: typed options, resolved scenarios, cells' `stage_key` (1: `stage`, scenario overrides)

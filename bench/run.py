@@ -37,20 +37,11 @@ python -m bench.run list: every grid (what it is for), scenario, defence, attack
 
 
 def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
-    """Status of every stage (done / failed / pending) and every cell (done / failed / stale / pending).
-
-    A cell is stale when it has no record of its own but cells/ holds one of the same settings computed by
-    other code or from other input files."""
+    """Status of every stage (done / failed / pending) and every cell (done / failed / stale / pending, as
+    bench.records.cell_state says)."""
     stage_state = {key: layout.stage_file_state(stage.artifact_dir) or "pending"
                    for key, stage in plan.stages.items()}
-    cell_state = {}
-    for cell in plan.cells:
-        path = layout.record_path(plan, cell)
-        state = records.record_status(path, cell.key) or "pending"
-        if state == "pending" and cell.settings_key and \
-                records.same_settings_records(path.parent, cell.record_name, cell.settings_key):
-            state = "stale"
-        cell_state[cell.key] = state
+    cell_state = {cell.key: records.cell_state(plan, cell) or "pending" for cell in plan.cells}
     return stage_state, cell_state
 
 

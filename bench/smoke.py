@@ -29,13 +29,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
+
+from bench import layout
 
 SMOKE_IMAGES = 8
 SMOKE_EXAMPLES = 4
 SMOKE_EVAL = {"batch_size": SMOKE_EXAMPLES, "stochastic_draws": 2, "draws": 1}
-SMOKE_FOLDER = "smoke"
 
 # Defence settings applied wherever the defence's Params dataclass has the field.
 DEFENCE_BUDGET: dict[str, Any] = {
@@ -88,8 +88,8 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
 def apply(config: Any) -> None:
     """Turn a composed RunConfig into its smoke version, in place (folders, sizes, budgets)."""
     options, grid = config.options, config.grid
-    options["results_dir"] = str(Path(options["results_dir"]) / SMOKE_FOLDER)
-    options["artifacts_dir"] = str(Path(options["artifacts_dir"]) / SMOKE_FOLDER)
+    options["results_dir"] = str(layout.smoke_dir(options["results_dir"]))
+    options["artifacts_dir"] = str(layout.smoke_dir(options["artifacts_dir"]))
     grid["n_examples"] = SMOKE_EXAMPLES
     grid["eval"] = {**(grid.get("eval") or {}), **SMOKE_EVAL}
     for block in grid["blocks"]:

@@ -14,39 +14,24 @@ from typing import Any
 from bench import layout, records
 from bench.executors.slurm_queue import query_job_states, state_word
 from bench.jobbook import JobBook
-from bench.plan import EvalCell, Plan
+from bench.plan import Plan
 from bench.planfile import read_plan
-
-
-def stage_file_state(plan: Plan, key: str) -> str | None:
-    return layout.stage_file_state(plan.stages[key].artifact_dir)
-
-
-def cell_file_state(plan: Plan, cell: EvalCell) -> str | None:
-    return records.record_status(layout.record_path(plan, cell), cell.key)
-
-
-def _stale(plan: Plan, cell: EvalCell) -> bool:
-    """An older record of the same settings, computed by other code or from other inputs, is on disk."""
-    path = layout.record_path(plan, cell)
-    return bool(cell.settings_key and records.same_settings_records(path.parent, cell.record_name, cell.settings_key))
-
 
 # --- the status table -------------------------------------------------------------------------------------
 
 def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[str, Any]]:
     """One row per stage and cell: kind, label, state (done/running/pending/failed), job id, log."""
     rows = []
-    cells = {cell.key: cell for cell in plan.cells}
-    items = [("train", key, plan.stages[key].label, stage_file_state(plan, key)) for key in plan.stages]
-    items += [("eval", cell.key, cell.label, cell_file_state(plan, cell)) for cell in plan.cells]
+    items = [("train", key, stage.label, layout.stage_file_state(stage.artifact_dir))
+             for key, stage in plan.stages.items()]
+    items += [("eval", cell.key, cell.label, records.cell_state(plan, cell)) for cell in plan.cells]
     for kind, key, label, found in items:
         job = book.latest(key)
         job_state = states.get(job["job_id"]) if job else None
         word = state_word(job_state) if job else "ended"
-        # a job at work overrides an earlier attempt's failure
+        # a job at work overrides an earlier attempt's failure; a queued one leaves a stale record stale
         state = word if word != "ended" else found or "pending"
-        if state == "pending" and kind == "eval" and _stale(plan, cells[key]):
+        if state == "pending" and found == "stale":
             state = "stale"
         rows.append({"kind": kind, "key": key, "label": label, "state": state,
                      "error": _last_error_line(plan, kind, key) if state == "failed" else "",

@@ -116,7 +116,7 @@ def _fit_stage(plan: Plan, stage: TrainStage) -> str:
         train = load_split(plan.scenario(stage.scenario), "train", plan.options.data_dir, plan.options.smoke)
         summary = defence.fit(train, ctx)
         defence.save(folder, _stage_metadata(stage, provenance, summary, started, device))
-        for leftover in folder.glob("progress-*.pt"):
+        for leftover in layout.stage_progress_files(folder):
             leftover.unlink()
         LOG.info("trained %s in %.1f s", stage.label, time.time() - started)
         return "done"

@@ -224,7 +224,6 @@ class SlurmExecutor(Executor):
                  run_options: RunOptions | dict[str, Any] | None = None):
         super().__init__(options, run_options)
         self.profile = ClusterProfile.load(self.options.profile)
-        self.jobs_dir = layout.slurm_jobs_dir(self.options.jobs_dir)
         self.wait = self.run_options.wait
         self.submitted_arrays: list[str] = []
 
@@ -304,7 +303,7 @@ class SlurmExecutor(Executor):
         import submitit
 
         try:
-            executor = submitit.SlurmExecutor(folder=self.jobs_dir / plan.grid / "%j",
+            executor = submitit.SlurmExecutor(folder=layout.slurm_job_folder(self.options.jobs_dir, plan.grid),
                                               max_num_timeout=self.options.max_num_timeout)
         except RuntimeError as error:  # no srun on PATH
             raise ConfigError(f"executor=slurm needs SLURM's client tools (srun, sbatch) on PATH: {error} For a "
@@ -335,7 +334,8 @@ class SlurmExecutor(Executor):
                         for key, job in zip(array.keys, jobs, strict=True)})
         book.save()
         LOG.info("submitted %s array %s: %d tasks%s (logs under %s)", array.kind, array_id, len(jobs),
-                 f", after {dependency}" if dependency else "", self.jobs_dir / plan.grid)
+                 f", after {dependency}" if dependency else "",
+                 layout.slurm_grid_jobs_dir(self.options.jobs_dir, plan.grid))
         return array_id
 
     # --- waiting --------------------------------------------------------------------------------------------
