@@ -9,20 +9,19 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from attacks.progress import format_seconds
 from bench import layout, records
 from bench.conffiles import ConfigError, available, error_line
 from bench.config import RUN_DEFAULTS, RunConfig, compose
+from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import Executor, make_executor
 from bench.grid import expand
 from bench.logs import configure_logging
-from bench.options import RunOptions
 from bench.plan import Plan
 from bench.planfile import write_plan
-from bench.runtime import configure_threads, resolve_device
+from bench.runtime import configure_threads
 
 LOG = logging.getLogger("bench.run")
 USAGE = f"""usage: python -m bench.run [grid=NAME] [executor=NAME] [key=value ...]
@@ -91,32 +90,13 @@ def describe_plan(plan: Plan, stage_state: dict[str, str], cell_state: dict[str,
     return "\n".join(lines)
 
 
-def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
-    """Jobs an earlier `executor=slurm` run submitted: those that died without a word get a failed record."""
-    jobs_file = layout.job_book_path(results_dir)
-    if jobs_file.exists():
-        from bench.jobbook import JobBook, collect_finished_jobs
-
-        collect_finished_jobs(plan, JobBook(jobs_file))
-
-
-def check_device(options: RunOptions) -> None:
-    """A device this machine lacks is an error now, unless the work runs elsewhere (SLURM nodes)."""
-    if options.executor == "slurm":
-        return
-    try:
-        resolve_device(options.device)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-
-
 def prepare(config: RunConfig) -> Plan:
     """The plan of a composed run (its smoke version with smoke=true), its device checked."""
     if config.run_options.smoke:
         from bench import smoke
 
         smoke.apply(config)
-    check_device(config.run_options)
+    EXECUTORS.resolve(config.run_options.executor).check_device(config.run_options)
     return expand(config)
 
 
@@ -124,8 +104,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     """Plan a composed run, print the plan, run what is not done yet, render the report; returns a summary."""
     plan = prepare(config)
     options, results_dir = plan.options, config.results_dir()
-    if not options.dry_run:
-        collect_slurm_jobs(plan, results_dir)
+    if not options.dry_run:  # jobs of an earlier run that died without a word get their failed record
+        EXECUTORS.resolve(options.executor).collect_finished(plan)
     stage_state, cell_state = plan_state(plan)
     print(describe_plan(plan, stage_state, cell_state), flush=True)
     executor = make_executor(options.executor, config.executor_options, options)
