@@ -26,6 +26,7 @@ from bench.conffiles import ConfigError
 from bench.config import RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
 from bench.plan import EvalCell, Plan, TrainStage, content_key, scenario_fields
+from bench.reporting.layouts import validate_report_config
 from bench.scenarios import Scenario
 from bench.validation import check_dataclass_values
 
@@ -163,5 +164,15 @@ class _Planner:
 
 
 def expand(config: RunConfig) -> Plan:
-    """The plan of a composed grid: its training stages and evaluation cells, keyed by content."""
+    """The plan of a composed grid: its training stages and evaluation cells, keyed by content (its report
+    section checked against the report's layouts too)."""
+    _check_report_section(config)
     return _Planner(config).plan()
+
+
+def _check_report_section(config: RunConfig) -> None:
+    if config.grid.get("report"):
+        try:
+            validate_report_config(config.grid["report"])
+        except ValueError as error:
+            raise ConfigError(f"grid {config.options['grid']}: report section: {error}") from error
