@@ -92,32 +92,36 @@ def describe_plan(plan: Plan, stage_state: dict[str, str], cell_state: dict[str,
     return "\n".join(lines)
 
 
-def prepare(config: RunConfig) -> tuple[Plan, ExecutorOptions]:
-    """The plan of a composed run (its smoke version with smoke=true), its device checked, and the executor's
-    options typed by the executor's own class (a bad value is refused before any work)."""
+def executor_options(config: RunConfig) -> ExecutorOptions:
+    """The chosen executor's options, typed by the executor's own class from the composed conf (a bad value is
+    a ConfigError, before any work)."""
+    try:
+        return EXECUTORS.resolve(config.run_options.executor).Options.from_dict(config.executor_conf)
+    except SettingError as error:
+        raise ConfigError(str(error)) from error
+
+
+def prepare(config: RunConfig) -> Plan:
+    """The plan of a composed run (its smoke version with smoke=true), its device checked."""
     if config.run_options.smoke:
         from bench import smoke
 
         smoke.apply(config)
         config.retype()
-    executor = EXECUTORS.resolve(config.run_options.executor)
-    executor.check_device(config.run_options)
-    try:
-        executor_options = executor.Options.from_dict(config.executor_conf)
-    except SettingError as error:
-        raise ConfigError(str(error)) from error
-    return expand(config), executor_options
+    EXECUTORS.resolve(config.run_options.executor).check_device(config.run_options)
+    return expand(config)
 
 
 def run(config: RunConfig) -> dict[str, Any]:
     """Plan a composed run, print the plan, run what is not done yet, render the report; returns a summary."""
-    plan, executor_options = prepare(config)
+    typed_executor_options = executor_options(config)
+    plan = prepare(config)
     options, results_dir = plan.options, config.results_dir()
     if not options.dry_run:  # jobs of an earlier run that died without a word get their failed record
         EXECUTORS.resolve(options.executor).collect_finished(plan)
     stage_state, cell_state = plan_state(plan)
     print(describe_plan(plan, stage_state, cell_state), flush=True)
-    executor = make_executor(options.executor, executor_options, options)
+    executor = make_executor(options.executor, typed_executor_options, options)
     if options.dry_run:
         text = executor.describe(plan, *work_to_do(plan, stage_state, cell_state, options.retry_failed))
         if text:  # e.g. the SLURM arrays, tasks and resources it would submit
