@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from bench.options import EvalOptions
 
 LOG = logging.getLogger("bench.api")
-CELLS_FOLDER = "cells"
 COLUMNS = [
     "grid", "scenario", "defence", "defence_name", "attack", "attack_name", "target", "norm", "eps", "seed", "n",
     "draws", "decision", "stochastic", "status", "clean_acc", "clean_ci_low", "clean_ci_high", "robust_acc",
@@ -62,14 +61,14 @@ def run_grid(grid: str | Path = "demo", **options: Any) -> pd.DataFrame:
     `seeds`). Everything is checked before any work; a bad key or value raises `bench.config.ConfigError` with
     the command line's message. The run's summary (`ran`, `done`, `failed`, ...) is in `frame.attrs["summary"]`.
     """
-    from bench.config import compose
+    from bench.config import compose_pairs
     from bench.logs import configure_logging
     from bench.run import run
     from bench.runtime import configure_threads
 
-    config = compose(command_line(grid, options))
-    configure_logging(config.options["log_level"])
-    configure_threads(config.options["threads"])
+    config = compose_pairs([("grid", str(grid)), *((key, _plain(value)) for key, value in options.items())])
+    configure_logging(config.run_options.log_level)
+    configure_threads(config.run_options.threads)
     summary = run(config)
     folder = config.results_dir()  # after the run: smoke mode moves it
     frame = load_results(folder) if folder.is_dir() else _empty_frame()  # a dry run may write nothing
@@ -77,9 +76,16 @@ def run_grid(grid: str | Path = "demo", **options: Any) -> pd.DataFrame:
     return frame
 
 
+def _plain(value: Any) -> Any:
+    """A value as the command line would give it: a path as its text, a tuple as a list."""
+    if isinstance(value, Path):
+        return str(value)
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
 def command_line(grid: str | Path, options: dict[str, Any]) -> list[str]:
-    """The `key=value` arguments of `bench.run` for these options (values written as JSON, which YAML reads as
-    the same values: strings stay strings, None becomes null)."""
+    """The `key=value` arguments of `bench.run` that run_grid(grid, **options) amounts to (values written as
+    JSON, which YAML reads as the same values: strings stay strings, None becomes null)."""
     return [f"grid={json.dumps(str(grid))}"] + [
         f"{key}={json.dumps(str(value) if isinstance(value, Path) else value)}" for key, value in options.items()]
 
@@ -294,10 +300,13 @@ def _empty_frame() -> pd.DataFrame:
 
 
 def _cells_folders(root: Path) -> list[Path]:
-    if (root / CELLS_FOLDER).is_dir():
-        return [root / CELLS_FOLDER]
-    return sorted(path for path in root.rglob(CELLS_FOLDER)
-                  if path.is_dir() and CELLS_FOLDER not in path.relative_to(root).parts[:-1])
+    """The cells/ folder of a grid folder, or those of every grid under a results root."""
+    from bench import layout
+
+    if layout.cells_dir(root).is_dir():
+        return [layout.cells_dir(root)]
+    return sorted(path for path in root.rglob(layout.CELLS)
+                  if path.is_dir() and layout.CELLS not in path.relative_to(root).parts[:-1])
 
 
 def _valid_records(cells: Path) -> list[tuple[Path, dict[str, Any]]]:

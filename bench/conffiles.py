@@ -30,9 +30,19 @@ def available(kind: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / kind).glob("*.yaml"))
 
 
+def is_conf_file(name: str) -> bool:
+    """Whether a conf name is a path to a YAML file (a user's own grid, say) rather than a name under conf/."""
+    return name.endswith((".yaml", ".yml"))
+
+
+def grid_name(grid: str) -> str:
+    """A grid's name (its results folder): its conf name, or the stem of a grid file given by path."""
+    return Path(grid).stem if is_conf_file(grid) else grid
+
+
 def load_conf(kind: str, name: str) -> dict[str, Any]:
     """conf/<kind>/<name>.yaml, or, for a name ending in .yaml/.yml, that file (a user's own grid, say)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONF_DIR / kind / f"{name}.yaml"
+    path = Path(name) if is_conf_file(name) else CONF_DIR / kind / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown {kind} {name!r}. {closest_hint(name, available(kind))}")
     try:

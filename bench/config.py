@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from attacks.registry import closest_hint
-from bench.conffiles import ConfigError, available, load_conf, yaml_where
-from bench.options import DECISIONS, EVAL_DEFAULTS, EvalOptions, ExecutorOptions, RunOptions
+from bench.conffiles import ConfigError, available, grid_name, load_conf, yaml_where
+from bench.options import DECISIONS, EVAL_DEFAULTS, EvalOptions, RunOptions
 from bench.scenarios import Scenario, scenario_from_dict
 from bench.validation import (
     SettingError,
@@ -93,14 +93,8 @@ def _merge_include(name: str, merged: dict[str, Any], part: dict[str, Any]) -> N
 
 
 def _check_merged_grid(name: str, merged: dict[str, Any]) -> None:
-    """The report section, and every block's keys and the names it uses."""
-    if merged.get("report"):
-        from bench.reporting.layouts import validate_report_config
-
-        try:
-            validate_report_config(merged["report"])
-        except ValueError as error:
-            raise ConfigError(f"grid {name}: report section: {error}") from error
+    """Every block's keys and the names it uses (the planner checks the report section against the report's
+    layouts, which are above this layer)."""
     for index, block in enumerate(merged["blocks"]):
         unknown = sorted(set(block) - BLOCK_KEYS)
         if unknown:
@@ -160,41 +154,35 @@ def parse_overrides(argv: list[str]) -> list[tuple[str, Any]]:
 
 @dataclass
 class RunConfig:
-    """A composed run: options, the merged grid, scenario overrides and the executor's options."""
+    """A composed run: options, the merged grid, scenario overrides and the executor's conf, as data, with the
+    typed run and eval options built from them at composition (`retype` builds them again after a change made
+    in place, as smoke mode makes). The executor's options are typed by the executor's own class
+    (bench.executors), which this layer does not know."""
 
     options: dict[str, Any]          # run options as composed (RunOptions keys; `run_options` types them)
     grid: dict[str, Any]
-    executor_conf: dict[str, Any]    # the executor's conf file with overrides (`executor_options` types it)
+    executor_conf: dict[str, Any]    # the executor's conf file with overrides (its `Options` class types it)
     scenario_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    argv: list[str] = field(default_factory=list)
+    run_options: RunOptions = field(default_factory=RunOptions)
+    eval_options: EvalOptions = field(default_factory=EvalOptions)
 
     @property
     def grid_name(self) -> str:
         """The grid's name: its conf name, or the stem of a grid file given by path."""
-        grid = str(self.options["grid"])
-        return Path(grid).stem if grid.endswith((".yaml", ".yml")) else grid
+        return grid_name(str(self.options["grid"]))
 
     @property
     def eval_settings(self) -> dict[str, Any]:
         return {**EVAL_DEFAULTS, **(self.grid.get("eval") or {})}
 
-    @property
-    def run_options(self) -> RunOptions:
-        return _typed(RunOptions.from_dict, self.options)
-
-    @property
-    def eval_options(self) -> EvalOptions:
-        return _typed(EvalOptions.from_dict, self.eval_settings)
+    def retype(self) -> None:
+        """Build the typed options from the composed data (a bad value is a ConfigError)."""
+        self.run_options = _typed(RunOptions.from_dict, self.options)
+        self.eval_options = _typed(EvalOptions.from_dict, self.eval_settings)
 
     def block_eval_options(self, block: dict[str, Any]) -> EvalOptions:
         """A block's evaluation protocol: the grid's, with the block's own `eval` settings over it."""
         return _typed(EvalOptions.from_dict, {**self.eval_settings, **(block.get("eval") or {})})
-
-    @property
-    def executor_options(self) -> ExecutorOptions:
-        from bench.executors import REGISTRY as EXECUTORS
-
-        return _typed(EXECUTORS.resolve(self.options["executor"]).Options.from_dict, self.executor_conf)
 
     def scenario(self, name: str) -> Scenario:
         return load_scenario(name, self.scenario_overrides.get(name))
@@ -212,7 +200,12 @@ def _typed(build: Any, given: dict[str, Any]) -> Any:
 
 def compose(argv: list[str]) -> RunConfig:
     """Options, grid, scenario overrides and executor options from `key=value` arguments, all checked."""
-    pairs = parse_overrides(argv)
+    return compose_pairs(parse_overrides(argv))
+
+
+def compose_pairs(pairs: list[tuple[str, Any]]) -> RunConfig:
+    """A run from (key, value) pairs: the command line's keys with values as parsed (Python values); every
+    key and value is checked, the typed options are built."""
     options = copy.deepcopy(RUN_DEFAULTS)
     try:
         for key, value in pairs:
@@ -220,12 +213,12 @@ def compose(argv: list[str]) -> RunConfig:
                 options[key] = check_run_option(key, value if isinstance(value, str) else str(value))
         grid = load_grid(options["grid"])
         executor_conf = load_conf("executor", options["executor"])
-        config = RunConfig(options=options, grid=grid, executor_conf=executor_conf, argv=list(argv))
+        config = RunConfig(options=options, grid=grid, executor_conf=executor_conf)
         grid.setdefault("eval", {})
         for key, value in pairs:
             _apply_override(config, key, value)
         _check_grid_values(config)
-        config.run_options, config.executor_options  # noqa: B018  typed once here: a bad value is refused now
+        config.retype()
     except SettingError as error:
         raise ConfigError(str(error)) from error
     return config

@@ -28,8 +28,9 @@ from attacks.seeding import seed_everything
 from bench import layout
 from bench.conffiles import ConfigError
 from bench.config import compose, parse_overrides
-from bench.grid import EvalCell, Plan, expand
+from bench.grid import expand
 from bench.logs import configure_logging
+from bench.plan import EvalCell, Plan
 from bench.runtime import git_commit, package_versions, resolve_device
 from defences.atomic import write_json_atomic
 
@@ -74,11 +75,6 @@ def cell_budget(cell: EvalCell, stochastic: bool, draws: int, given: dict[str, A
     if params.get("max_batch"):
         budget["max_batch"] = int(params["max_batch"])
     return {**budget, **given}
-
-
-def output_path(results_dir: Path, cell: EvalCell) -> Path:
-    return layout.diagnostics_dir(results_dir) / \
-        f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
 
 
 def split_arguments(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -150,7 +146,7 @@ def run(argv: list[str]) -> Path:
     cell = find_cell(plan, str(own["cell"]), None if own.get("seed") is None else int(own["seed"]))
     ensure_fitted(plan, cell, bool(own.get("train_missing")))
     document = diagnose_cell(plan, cell, int(own.get("n", 100)), budget)
-    path = output_path(config.results_dir(), cell)
+    path = layout.diagnostics_path(config.results_dir(), cell)
     write_json_atomic(path, document)
     LOG.info("wrote %s", path)
     return path

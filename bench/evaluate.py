@@ -23,8 +23,8 @@ from attacks.progress import Progress
 from attacks.protocol import batch_extras, predict_draws, record_accuracies, record_extras
 from attacks.seeding import derive_seed, seed_everything
 from bench import adversarials, layout, oom, records
-from bench.grid import EvalCell, Plan
 from bench.locks import locked
+from bench.plan import EvalCell, Plan
 from bench.runtime import hardware_summary, resolve_device
 from bench.scenarios import Scenario
 from bench.training_stage import load_fitted_defence, load_split

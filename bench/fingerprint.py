@@ -46,8 +46,8 @@ NOT_RESULT_CODE = (
     "bench.reporting", "bench.report", "bench.status", "bench.run", "bench.diagnose", "bench.executors",
     "bench.jobs", "attacks.progress", "bench.records", "defences.atomic", "bench.config", "bench.grid",
     "bench.benchmarks", "bench.validation", "bench.hashing", "bench.fingerprint", "bench.locks",
-    "attacks.diagnostics", "bench.layout", "bench.logs", "bench.planfile", "bench.jobbook",
-    "bench.conffiles",
+    "attacks.diagnostics", "bench.layout", "bench.logs", "bench.planfile",
+    "bench.conffiles", "bench.plan",
 )
 STAGE_ROOTS = ("defences.base", "bench.zoo", "bench.data", "bench.scenarios", "bench.runtime", "bench.training_stage")
 CELL_ROOTS = ("attacks.base", "attacks.protocol", "attacks.losses", "bench.evaluate")

@@ -13,10 +13,8 @@ exactly under its new key.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import attacks
@@ -27,143 +25,12 @@ from bench import layout
 from bench.conffiles import ConfigError
 from bench.config import RunConfig
 from bench.fingerprint import cell_code, stage_code, stage_inputs
-from bench.options import EvalOptions, RunOptions
-from bench.scenarios import Scenario, scenario_from_dict
+from bench.options import EvalOptions
+from bench.plan import EvalCell, Plan, TrainStage, content_key, scenario_fields
+from bench.reporting.layouts import validate_report_config
+from bench.scenarios import Scenario
 from bench.transfer import TRANSFER
 from bench.validation import check_dataclass_values
-
-
-def content_key(payload: Any, length: int = 16) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-@dataclass
-class TrainStage:
-    """One defence fitted on one scenario with one seed (a training stage): its artifact lives in artifact_dir."""
-
-    key: str
-    scenario: str
-    defence_key: str
-    defence_name: str
-    params: dict[str, Any]
-    seed: int
-    base_stage: str | None
-    artifact_dir: str
-    identity: dict[str, Any] = field(repr=False, default_factory=dict)
-    settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
-    fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"{self.scenario}/{self.defence_key}/seed{self.seed}"
-
-
-@dataclass
-class EvalCell:
-    """One attack on one fitted defence (the training stage `stage_key`) with one seed and test subset."""
-
-    key: str
-    grid: str
-    block: str
-    scenario: str
-    defence_key: str
-    defence_name: str
-    stage_key: str
-    attack_key: str
-    attack_name: str
-    attack_params: dict[str, Any]
-    attack_budget: str
-    seed: int
-    n_examples: int
-    eval: EvalOptions
-    record_name: str
-    settings_key: str = ""  # the key without the code and input fingerprints: same settings, any code
-    fingerprint: dict[str, dict[str, str]] = field(repr=False, default_factory=dict)
-    source_key: str | None = None  # a transfer cell's: the cell whose saved points it evaluates (bench.transfer)
-
-    @property
-    def label(self) -> str:
-        return f"{self.scenario}/{self.defence_key}/{self.attack_key}/seed{self.seed}"
-
-
-PLAN_FORMAT = 2  # 2: typed options, resolved scenarios, cells' `stage_key` (1: `stage`, scenario overrides)
-
-
-@dataclass
-class Plan:
-    """Everything a run does: its options, the resolved scenarios, the training stages and the cells."""
-
-    grid: str
-    options: RunOptions
-    stages: dict[str, TrainStage]
-    cells: list[EvalCell]
-    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> resolved fields
-
-    def scenario(self, name: str) -> Scenario:
-        """A scenario as it was resolved when the grid was planned (overrides applied)."""
-        return scenario_from_dict(name, self.scenarios[name])
-
-    def cell(self, key: str) -> EvalCell:
-        return next(c for c in self.cells if c.key == key)
-
-    def stage_chain(self, key: str | None) -> list[str]:
-        """A stage's key followed by the keys of the stages it builds on, nearest first."""
-        chain = []
-        while key is not None:
-            chain.append(key)
-            key = self.stages[key].base_stage
-        return chain
-
-    def stage_levels(self) -> list[list[TrainStage]]:
-        """Stages grouped so that every stage comes after the stage it builds on."""
-        levels: list[list[TrainStage]] = []
-        depth: dict[str, int] = {}
-
-        def level_of(key: str) -> int:
-            if key not in depth:
-                base = self.stages[key].base_stage
-                depth[key] = 0 if base is None else level_of(base) + 1
-            return depth[key]
-
-        for key in self.stages:
-            level = level_of(key)
-            while len(levels) <= level:
-                levels.append([])
-            levels[level].append(self.stages[key])
-        return levels
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "grid": self.grid, "options": self.options.to_dict(),
-                "scenarios": self.scenarios, "stages": {k: asdict(s) for k, s in self.stages.items()},
-                "cells": [asdict(c) for c in self.cells]}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Plan:
-        """A plan from plan.json; one of format 1 (before typed options) is read too."""
-        if raw.get("format", 1) == 1:
-            raw = _upgrade_format_1(raw)
-        return cls(grid=raw["grid"], options=RunOptions.from_dict(raw["options"]), scenarios=raw["scenarios"],
-                   stages={k: TrainStage(**v) for k, v in raw["stages"].items()},
-                   cells=[EvalCell(**{**c, "eval": EvalOptions.from_dict(c["eval"])}) for c in raw["cells"]])
-
-
-def _upgrade_format_1(raw: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 plan in format 2: cells' `stage` -> `stage_key`, scenarios resolved from their conf files
-    with the stored overrides, options without `scenario_overrides`."""
-    from bench.config import load_scenario
-
-    options = dict(raw["options"])
-    overrides = options.pop("scenario_overrides", None) or {}
-    names = {stage["scenario"] for stage in raw["stages"].values()}
-    scenarios = {name: scenario_fields(load_scenario(name, overrides.get(name))) for name in sorted(names)}
-    cells = [{("stage_key" if k == "stage" else k): v for k, v in cell.items()} for cell in raw["cells"]]
-    return {**raw, "options": options, "scenarios": scenarios, "cells": cells}
-
-
-def scenario_fields(scenario: Scenario) -> dict[str, Any]:
-    """A resolved scenario as plan.json stores it (scenario_from_dict reads it back)."""
-    return {k: v for k, v in asdict(scenario).items() if k != "name"}
 
 
 def _resolve_defence(spec: dict[str, Any], scenario_defaults: dict[str, Any], where: str) -> tuple[str, dict]:
@@ -325,5 +192,15 @@ class _Planner:
 
 
 def expand(config: RunConfig) -> Plan:
-    """The plan of a composed grid: its training stages and evaluation cells, keyed by content."""
+    """The plan of a composed grid: its training stages and evaluation cells, keyed by content (its report
+    section checked against the report's layouts too)."""
+    _check_report_section(config)
     return _Planner(config).plan()
+
+
+def _check_report_section(config: RunConfig) -> None:
+    if config.grid.get("report"):
+        try:
+            validate_report_config(config.grid["report"])
+        except ValueError as error:
+            raise ConfigError(f"grid {config.options['grid']}: report section: {error}") from error

@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
+
+from defences.atomic import unique_temp
 
 CACHE_ENV = "BENCH_HASH_CACHE"
 _CHUNK = 1 << 20
@@ -34,9 +35,12 @@ def _read_cache(path: Path) -> dict[str, str]:
 def _write_cache(path: Path, data: dict[str, str]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(path)
+        tmp = unique_temp(path)
+        try:
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError:
         pass
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from submitit.helpers import Checkpointable
 
-from bench.grid import Plan
 from bench.logs import configure_logging
+from bench.plan import Plan
 from bench.planfile import read_plan
 from bench.runtime import configure_threads
 

@@ -12,8 +12,11 @@
         adversarials/<record name less .json>.safetensors   a cell's saved final points (eval.save_adversarials)
         adversarials/<...>.partial/batch-<b>.safetensors     the points of the batches an interrupted run saved
         adversarials/history/                                 files set aside instead of overwritten
+        summary.md, summary.csv, index.html, tables/, figures/   the report (bench.report)
+    <results_dir>/smoke/, <artifacts_dir>/smoke/   the same folders of a `smoke=true` run
     <artifacts_dir>/<scenario>/<defence>-s<seed>-<key>/   one training stage's artifact
-        defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json
+        defence.json (written last by `defences.base.Defence.save`: the stage is done), failed.json,
+        progress-<phase>.pt (a fit's resumable checkpoints, removed once the stage is done)
     <jobs_dir>/local/, <jobs_dir>/slurm/<grid>/<job id>/    the executors' job logs
 
 Every module asks this one for a path or for "is this stage done"; none spells a name of its own.
@@ -22,12 +25,9 @@ Every module asks this one for a path or for "is this stage done"; none spells a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from defences.base import METADATA_FILE
-
-if TYPE_CHECKING:
-    from bench.grid import EvalCell, Plan
+from bench.plan import EvalCell, Plan
+from defences.base import METADATA_FILE, PROGRESS_FILE
 
 PLAN_DIR = ".plan"
 LATEST_PLAN = "plan.json"
@@ -39,8 +39,15 @@ DIAGNOSTICS = "diagnostics"
 ADVERSARIALS = "adversarials"
 STAGE_DONE = METADATA_FILE  # defences.base.Defence.save writes it last: the stage is done
 STAGE_FAILED = "failed.json"
+SMOKE = "smoke"
+TABLES = "tables"  # the report's files, relative to the grid's folder (the report links them so)
+FIGURES = "figures"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+REPORT_PAGE = "index.html"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+JOB_ID_PLACEHOLDER = "%j"  # submitit's (and SLURM's) stand-in for the job id in a job's paths
 
 
 # --- a grid's results folder ------------------------------------------------------------------------------
@@ -71,6 +78,43 @@ def cells_dir(grid_folder: Path) -> Path:
 
 def diagnostics_dir(grid_folder: Path) -> Path:
     return Path(grid_folder) / DIAGNOSTICS
+
+
+def diagnostics_path(grid_folder: Path, cell: EvalCell) -> Path:
+    """The diagnostics file of a cell (bench.diagnose writes it, the report reads the folder)."""
+    return diagnostics_dir(grid_folder) / f"{cell.scenario}.{cell.defence_key}.{cell.attack_key}.s{cell.seed}.json"
+
+
+def grid_dir_of_plan(plan_path: str | Path) -> Path:
+    """The grid's folder of a plan file in its .plan/ folder."""
+    return Path(plan_path).parent.parent
+
+
+def smoke_dir(folder: str | Path) -> Path:
+    """Where a smoke run puts what would go in `folder` (results or artifacts): never mixed with real ones."""
+    return Path(folder) / SMOKE
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+def report_tables_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / TABLES
+
+
+def report_figures_dir(grid_folder: Path) -> Path:
+    return Path(grid_folder) / FIGURES
+
+
+def summary_md_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / SUMMARY_MD
+
+
+def summary_csv_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / SUMMARY_CSV
+
+
+def report_page_path(grid_folder: Path) -> Path:
+    return Path(grid_folder) / REPORT_PAGE
 
 
 def record_path(plan: Plan, cell: EvalCell) -> Path:
@@ -136,6 +180,11 @@ def stage_file_state(artifact_dir: str | Path) -> str | None:
     return "failed" if stage_failed_path(artifact_dir).exists() else None
 
 
+def stage_progress_files(artifact_dir: str | Path) -> list[Path]:
+    """The resumable checkpoints a fit left in its folder (defences.base.FitContext.checkpoint_path)."""
+    return sorted(Path(artifact_dir).glob(PROGRESS_FILE.format(phase="*")))
+
+
 def stage_artifact_dir(artifacts_dir: str | Path, scenario: str, defence_key: str, seed: int, key: str) -> Path:
     return Path(artifacts_dir) / scenario / f"{defence_key}-s{seed}-{key}"
 
@@ -149,3 +198,13 @@ def local_jobs_dir(jobs_dir: str | Path) -> Path:
 def slurm_jobs_dir(jobs_dir: str | Path) -> Path:
     """SLURM job folders go under <this>/<grid>/<job id>/ (resolved: the jobs run from the submission folder)."""
     return Path(jobs_dir).resolve() / "slurm"
+
+
+def slurm_grid_jobs_dir(jobs_dir: str | Path, grid: str) -> Path:
+    """The folder of a grid's SLURM jobs."""
+    return slurm_jobs_dir(jobs_dir) / grid
+
+
+def slurm_job_folder(jobs_dir: str | Path, grid: str) -> Path:
+    """One SLURM job's folder, as submitit takes it (`%j`: SLURM puts the job id in)."""
+    return slurm_grid_jobs_dir(jobs_dir, grid) / JOB_ID_PLACEHOLDER

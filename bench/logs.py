@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from bench import layout
+
 JOB_LOG_ENV = "BENCH_JOB_LOG"
 
 
@@ -26,6 +28,7 @@ def _note_job_log() -> None:
 
         environment = submitit.JobEnvironment()
         # stderr: where logging and tracebacks go (stdout holds submitit's own few lines)
-        os.environ[JOB_LOG_ENV] = str(environment.paths.stderr).replace("%j", str(environment.job_id))
+        log = str(environment.paths.stderr)
+        os.environ[JOB_LOG_ENV] = log.replace(layout.JOB_ID_PLACEHOLDER, str(environment.job_id))
     except RuntimeError:  # not inside a submitit job
         pass

@@ -1,6 +1,7 @@
-"""Typed options: how a grid runs (RunOptions), how a cell is evaluated (EvalOptions), and each executor's own
-options (ExecutorOptions subclasses), each checked once when built from user input (bench.validation says what
-is valid, in the same `key=value ... valid: ...` words as everywhere else).
+"""Typed options: how a grid runs (RunOptions), how a cell is evaluated (EvalOptions), and the base of each
+executor's own options (ExecutorOptions; the subclasses live beside their executors in bench/executors/), each
+checked once when built from user input (bench.validation says what is valid, in the same `key=value ...
+valid: ...` words as everywhere else).
 
 A plan stores its RunOptions (plan.json's "options") and each cell its EvalOptions (a cell's "eval"); jobs get
 them from the plan, never from a dict read by string keys. The executor options' defaults have one home, the
@@ -118,30 +119,3 @@ class ExecutorOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class DebugOptions(ExecutorOptions):
-    conf_name: ClassVar[str] = "debug"
-
-
-@dataclass(frozen=True)
-class LocalOptions(ExecutorOptions):
-    conf_name: ClassVar[str] = "local"
-    max_parallel: int
-    timeout_min: int
-    gpus_per_node: int
-    jobs_dir: str
-    poll_s: float
-
-
-@dataclass(frozen=True)
-class SlurmOptions(ExecutorOptions):
-    conf_name: ClassVar[str] = "slurm"
-    profile: str
-    jobs_dir: str
-    array_parallelism: int
-    max_array_size: int | None
-    max_num_timeout: int
-    poll_s: float
-    calibration: str | None

@@ -16,13 +16,12 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from types import UnionType
+from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
 
 from bench import layout
+from bench.plan import EvalCell, Plan, TrainStage, cell_label
 from bench.record_checks import deep_problems
-
-if TYPE_CHECKING:
-    from bench.grid import EvalCell, TrainStage
 
 LOG = logging.getLogger("bench.records")
 SCHEMA_VERSION = 2
@@ -70,15 +69,20 @@ class CellRecord(TypedDict, total=False):
     error: str
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "schema_version": (int,), "status": (str,), "key": (str,), "settings_key": (str,), "fingerprint": (dict,),
-    "git_commit": (str, type(None)), "git_dirty": (bool, type(None)), "grid": (str,), "scenario": (str,),
-    "defence": (str,), "defence_name": (str,), "attack": (str,), "attack_name": (str,),
-    "attack_settings": (dict,), "seed": (int,), "n_examples": (int,), "clean_acc": (int, float),
-    "clean_ci": (list,), "robust_acc": (int, float), "robust_ci": (list,), "per_example": (dict,),
-    "has_purifier": (bool,), "through_bpda": (bool,),
-    "wall_seconds": (int, float), "packages": (dict,), "error": (str,),
-}
+def _runtime_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a field's annotation admits: `dict[str, X]` -> dict, `str | None` -> (str, NoneType), and
+    float -> (int, float) (JSON writes 1.0 as 1)."""
+    if get_origin(hint) in (Union, UnionType):
+        return tuple(kind for arg in get_args(hint) for kind in _runtime_types(arg))
+    if hint is None or hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (int, float)
+    return (get_origin(hint) or hint,)
+
+
+# the types each field must have when present, from CellRecord's annotations (one statement of the schema)
+_TYPES: dict[str, tuple[type, ...]] = {name: _runtime_types(hint) for name, hint in get_type_hints(CellRecord).items()}
 
 
 def validate_record(record: Any) -> list[str]:
@@ -232,6 +236,19 @@ def record_status(path: Path, key: str | None = None) -> str | None:
     return None if record is None else record["status"]
 
 
+def cell_state(plan: Plan, cell: EvalCell) -> str | None:
+    """A planned cell's state from cells/: 'done' or 'failed' (its own record), 'stale' (no record of its own,
+    but one of the same settings computed by other code or from other input files), or None (not run yet, or
+    done before it saved the adversarial examples it is asked to save: it runs again to save them)."""
+    path = layout.record_path(plan, cell)
+    state = record_status(path, cell.key)
+    if state == "done" and layout.points_missing(plan, cell):
+        state = None
+    if state is None and cell.settings_key and same_settings_records(path.parent, cell.record_name, cell.settings_key):
+        return "stale"
+    return state
+
+
 def load_records(cells_dir: Path) -> list[dict[str, Any]]:
     """Every valid record in a grid's cells/ folder (not history/ or quarantine/); anything else there that is
     not a record being written, a partial result or a lock is quarantined."""
@@ -265,7 +282,7 @@ def same_settings_records(cells_dir: Path, record_name: str, settings_key: str) 
 
 # --- provenance -------------------------------------------------------------------------------------------
 
-def provenance_summary(records: list[dict[str, Any]], plan: Any = None) -> dict[str, Any]:
+def provenance_summary(records: list[dict[str, Any]], plan: Plan | None = None) -> dict[str, Any]:
     """Which commits and tree states the records come from, and which are stale (for a report's banner).
 
     {"commits": [{"commit": str | None, "dirty": bool | None, "records": int}, ...]  (most records first),
@@ -274,7 +291,7 @@ def provenance_summary(records: list[dict[str, Any]], plan: Any = None) -> dict[
      "unknown": [label, ...], # records without commit information (not in a git checkout)
      "stale": [{"record": label, "key": str, "current_key": str, "changed": [file, ...]}, ...]}
 
-    A record is stale when `plan` (a bench.grid.Plan, or the dict of plan.json) has a cell with its settings
+    A record is stale when `plan` (bench.planfile.read_plan reads one from plan.json) has a cell with its settings
     key but another key; `changed` names the code files and inputs whose digests differ.
     """
     counts: dict[tuple[str | None, bool | None], int] = {}
@@ -303,24 +320,22 @@ def commit_and_dirty(record: dict[str, Any]) -> tuple[str | None, bool | None]:
     return commit, dirty
 
 
-def stale_records(records: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
+def stale_records(records: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
     from bench.fingerprint import changes
 
-    cells = plan.cells if hasattr(plan, "cells") else plan.get("cells", [])  # a Plan, or plan.json's content
-    as_dict = [cell if isinstance(cell, dict) else vars(cell) for cell in cells]
-    current = {cell["settings_key"]: cell for cell in as_dict if cell.get("settings_key")}
+    current = {cell.settings_key: cell for cell in plan.cells if cell.settings_key}
     stale = []
     for record in records:
         cell = current.get(record.get("settings_key"))
-        if cell is None or cell["key"] == record.get("key"):
+        if cell is None or cell.key == record.get("key"):
             continue
-        old, new = record.get("fingerprint") or {}, cell.get("fingerprint") or {}
+        old, new = record.get("fingerprint") or {}, cell.fingerprint
         changed = [name for part in ("code", "stage_code", "stage_inputs", "source")
                    for name in changes(old.get(part), new.get(part, {}))]
-        stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell["key"],
+        stale.append({"record": _label(record), "key": record.get("key"), "current_key": cell.key,
                       "changed": sorted(set(changed)) or ["the stage it builds on"]})
     return stale
 
 
 def _label(record: dict[str, Any]) -> str:
-    return f"{record.get('scenario')}/{record.get('defence')}/{record.get('attack')}/seed{record.get('seed')}"
+    return cell_label(record.get("scenario"), record.get("defence"), record.get("attack"), record.get("seed"))

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from attacks.progress import format_seconds
+from bench import layout
+from bench.conffiles import ConfigError, grid_name
 from bench.reporting import comparisons, decomposition, headline, long_table, paper_tables, provenance, summary_figures
 from bench.reporting.collect import GridResults, collect
 from bench.reporting.figures import FigureFile, render_figures
@@ -53,8 +55,8 @@ def _markdown_figures(figures: list[FigureFile]) -> list[str]:
     lines = []
     for figure in figures:
         if figure.drawn:
-            lines.append(f"![{figure.title}](figures/{figure.png.name}) ")
-            lines.append(f"*{figure.title}.* {figure.caption} ([PDF](figures/{figure.pdf.name}))")
+            lines.append(f"![{figure.title}]({layout.FIGURES}/{figure.png.name}) ")
+            lines.append(f"*{figure.title}.* {figure.caption} ([PDF]({layout.FIGURES}/{figure.pdf.name}))")
         else:
             lines.append(f"- {figure.title}: not drawn ({figure.reason}).")
         lines.append("")
@@ -65,7 +67,8 @@ def _summary_markdown(grid: GridResults, banner: list[str], sections: list[Secti
     counts = grid.counts()
     lines = [f"# Grid `{grid.name}`", "",
              f"{len(grid.cells)} cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ". "
-             "Rendered from the records in `cells/`; open `index.html` for hover-over attack budgets, diagnostics "
+             f"Rendered from the records in `{layout.CELLS}/`; open `{layout.REPORT_PAGE}` for hover-over attack "
+             "budgets, diagnostics "
              "and each cell's settings and provenance.", ""]
     lines += [f"> **Provenance warning:** {warning}" for warning in banner]
     lines.append("")
@@ -90,7 +93,7 @@ def _write_table(table: Table, tables_dir: Path, name: str, written: list[Path],
         outputs.append((".csv", tidy.to_csv(index=False)))
     for suffix, text in outputs:
         _write(tables_dir / f"{name}{suffix}", text, written)
-        files.append(f"tables/{name}{suffix}")
+        files.append(f"{layout.TABLES}/{name}{suffix}")
     return files
 
 
@@ -139,16 +142,16 @@ def _layout_section(grid: GridResults, tables_dir: Path, written: list[Path]) ->
                            "threat model match; the papers' other rows are in separate paper-reference tables.")
     skipped: list[str] = []
     references: set[str] = set()  # a paper table's reference rows are shown once (two layouts may share it)
-    for layout, named in configured_layouts(grid.report_config):
-        built = paper_tables.build(layout, grid, papers)
+    for paper_layout, named in configured_layouts(grid.report_config):
+        built = paper_tables.build(paper_layout, grid, papers)
         if not built.has_cells and not named:
-            skipped.append(layout.name)
+            skipped.append(paper_layout.name)
             continue
-        section.tables.append((built.measured, _write_table(built.measured, tables_dir, layout.name, written,
+        section.tables.append((built.measured, _write_table(built.measured, tables_dir, paper_layout.name, written,
                                                             built.tidy)))
         if built.reference is not None and to_markdown(built.reference) not in references:
             references.add(to_markdown(built.reference))
-            name = f"{layout.name}_paper_reference"
+            name = f"{paper_layout.name}_paper_reference"
             section.tables.append((built.reference, _write_table(built.reference, tables_dir, name, written)))
     if skipped:
         section.text += f" Paper layouts with no cell in this grid (not rendered): {', '.join(skipped)}."
@@ -166,7 +169,7 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     results_dir = Path(results_dir)
     grid = collect(results_dir, report_config)
     written: list[Path] = []
-    tables_dir, figures_dir = results_dir / "tables", results_dir / "figures"
+    tables_dir, figures_dir = layout.report_tables_dir(results_dir), layout.report_figures_dir(results_dir)
 
     sections, headline_figures = _headline_sections(grid, figures_dir, tables_dir, written)
     if (transfers := transfer_table(grid)) is not None:
@@ -174,8 +177,8 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
                                 tables=[(transfers, _write_table(transfers, tables_dir, "transfer", written))]))
     sections.append(_layout_section(grid, tables_dir, written))
     cells_table, cells_frame = long_table.build(grid)
-    _write(results_dir / "summary.csv", cells_frame.to_csv(index=False), written)
-    cell_files = _write_table(cells_table, tables_dir, "cells", written) + ["summary.csv"]
+    _write(layout.summary_csv_path(results_dir), cells_frame.to_csv(index=False), written)
+    cell_files = _write_table(cells_table, tables_dir, "cells", written) + [layout.SUMMARY_CSV]
     sections.append(Section("cells-table", "Every cell", tables=[(cells_table, cell_files)]))
     _remove_stale(tables_dir, (".md", ".tex", ".csv"), written)
 
@@ -186,8 +189,9 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     _remove_stale(figures_dir, (".png", ".pdf"), drawn)
 
     banner, summary = provenance.warnings(grid)
-    _write(results_dir / "summary.md", _summary_markdown(grid, banner, sections), written)
-    written.append(write_page(grid, sections, banner, provenance.describe(summary), results_dir / "index.html"))
+    _write(layout.summary_md_path(results_dir), _summary_markdown(grid, banner, sections), written)
+    page = layout.report_page_path(results_dir)
+    written.append(write_page(grid, sections, banner, provenance.describe(summary), page))
     counts = grid.counts()
     LOG.info("report for grid %s: %d cells (%s), %d tables, %d figures in %s", grid.name, len(grid.cells),
              ", ".join(f"{v} {k}" for k, v in counts.items() if v), sum(len(s.tables) for s in sections),
@@ -207,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {item!r}: valid arguments are grid=NAME and results_dir=PATH", file=sys.stderr)
             return 2
         options[key] = value
-    grid = Path(options["grid"]).stem if options["grid"].endswith((".yaml", ".yml")) else options["grid"]
-    results_dir = Path(options["results_dir"]) / grid
+    results_dir = layout.grid_dir(options["results_dir"], grid_name(options["grid"]))
     if not results_dir.exists():
         print(f"error: no results at {results_dir}; run `python -m bench.run grid={options['grid']}` first",
               file=sys.stderr)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         paths = render(results_dir)
-    except (ReportConfigError, PaperNumbersError) as error:
+    except (ReportConfigError, PaperNumbersError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in paths:

@@ -9,19 +9,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from attacks.progress import format_seconds
 from bench import layout, records
 from bench.conffiles import ConfigError, available, error_line
 from bench.config import RUN_DEFAULTS, RunConfig, compose
+from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import Executor, make_executor
-from bench.grid import Plan, expand
+from bench.grid import expand
 from bench.logs import configure_logging
-from bench.options import RunOptions
+from bench.options import ExecutorOptions
+from bench.plan import Plan
 from bench.planfile import write_plan
-from bench.runtime import configure_threads, resolve_device
+from bench.runtime import configure_threads
+from bench.validation import SettingError
 
 LOG = logging.getLogger("bench.run")
 USAGE = f"""usage: python -m bench.run [grid=NAME] [executor=NAME] [key=value ...]
@@ -36,22 +38,11 @@ python -m bench.run list: every grid (what it is for), scenario, defence, attack
 
 
 def plan_state(plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
-    """Status of every stage (done / failed / pending) and every cell (done / failed / stale / pending).
-
-    A cell is stale when it has no record of its own but cells/ holds one of the same settings computed by
-    other code or from other input files."""
+    """Status of every stage (done / failed / pending) and every cell (done / failed / stale / pending, as
+    bench.records.cell_state says)."""
     stage_state = {key: layout.stage_file_state(stage.artifact_dir) or "pending"
                    for key, stage in plan.stages.items()}
-    cell_state = {}
-    for cell in plan.cells:
-        path = layout.record_path(plan, cell)
-        state = records.record_status(path, cell.key) or "pending"
-        if state == "done" and layout.points_missing(plan, cell):
-            state = "pending"  # done before it saved its adversarial examples: run again to save them
-        if state == "pending" and cell.settings_key and \
-                records.same_settings_records(path.parent, cell.record_name, cell.settings_key):
-            state = "stale"
-        cell_state[cell.key] = state
+    cell_state = {cell.key: records.cell_state(plan, cell) or "pending" for cell in plan.cells}
     return stage_state, cell_state
 
 
@@ -101,22 +92,12 @@ def describe_plan(plan: Plan, stage_state: dict[str, str], cell_state: dict[str,
     return "\n".join(lines)
 
 
-def collect_slurm_jobs(plan: Plan, results_dir: Path) -> None:
-    """Jobs an earlier `executor=slurm` run submitted: those that died without a word get a failed record."""
-    jobs_file = layout.job_book_path(results_dir)
-    if jobs_file.exists():
-        from bench.jobbook import JobBook, collect_finished_jobs
-
-        collect_finished_jobs(plan, JobBook(jobs_file))
-
-
-def check_device(options: RunOptions) -> None:
-    """A device this machine lacks is an error now, unless the work runs elsewhere (SLURM nodes)."""
-    if options.executor == "slurm":
-        return
+def executor_options(config: RunConfig) -> ExecutorOptions:
+    """The chosen executor's options, typed by the executor's own class from the composed conf (a bad value is
+    a ConfigError, before any work)."""
     try:
-        resolve_device(options.device)
-    except ValueError as error:
+        return EXECUTORS.resolve(config.run_options.executor).Options.from_dict(config.executor_conf)
+    except SettingError as error:
         raise ConfigError(str(error)) from error
 
 
@@ -126,19 +107,21 @@ def prepare(config: RunConfig) -> Plan:
         from bench import smoke
 
         smoke.apply(config)
-    check_device(config.run_options)
+        config.retype()
+    EXECUTORS.resolve(config.run_options.executor).check_device(config.run_options)
     return expand(config)
 
 
 def run(config: RunConfig) -> dict[str, Any]:
     """Plan a composed run, print the plan, run what is not done yet, render the report; returns a summary."""
+    typed_executor_options = executor_options(config)
     plan = prepare(config)
     options, results_dir = plan.options, config.results_dir()
-    if not options.dry_run:
-        collect_slurm_jobs(plan, results_dir)
+    if not options.dry_run:  # jobs of an earlier run that died without a word get their failed record
+        EXECUTORS.resolve(options.executor).collect_finished(plan)
     stage_state, cell_state = plan_state(plan)
     print(describe_plan(plan, stage_state, cell_state), flush=True)
-    executor = make_executor(options.executor, config.executor_options, options)
+    executor = make_executor(options.executor, typed_executor_options, options)
     if options.dry_run:
         text = executor.describe(plan, *work_to_do(plan, stage_state, cell_state, options.retry_failed))
         if text:  # e.g. the SLURM arrays, tasks and resources it would submit

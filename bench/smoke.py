@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from attacks.base import Budget
+from bench import layout
 from bench.conffiles import ConfigError
 
 SMOKE_IMAGES = 8
 SMOKE_EXAMPLES = 4
 SMOKE_EVAL = {"batch_size": SMOKE_EXAMPLES, "stochastic_draws": 2, "draws": 1}
-SMOKE_FOLDER = "smoke"
 # The smoke budget of a component that declares none (see the module docstring).
 DEFAULT_BUDGETS: dict[str, dict[str, Any]] = {
     "attack": {"steps": Budget(1), "eot": Budget(1), "restarts": 1, "selection_draws": 2},
@@ -133,8 +132,8 @@ def attack_budget(spec: dict[str, Any]) -> dict[str, Any]:
 def apply(config: Any) -> None:
     """Turn a composed RunConfig into its smoke version, in place (folders, sizes, budgets)."""
     options, grid = config.options, config.grid
-    options["results_dir"] = str(Path(options["results_dir"]) / SMOKE_FOLDER)
-    options["artifacts_dir"] = str(Path(options["artifacts_dir"]) / SMOKE_FOLDER)
+    options["results_dir"] = str(layout.smoke_dir(options["results_dir"]))
+    options["artifacts_dir"] = str(layout.smoke_dir(options["artifacts_dir"]))
     grid["n_examples"] = SMOKE_EXAMPLES
     grid["eval"] = {**(grid.get("eval") or {}), **SMOKE_EVAL}
     for block in grid["blocks"]:

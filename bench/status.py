@@ -1,8 +1,8 @@
 """`python -m bench.status grid=NAME`: done / running / pending / failed for every stage and cell, with job ids.
 
-Reads what a run left on disk (where bench.layout says): the plan, the SLURM job book (bench.jobbook), the
-artifacts and the cell records; asks SLURM (bench.executors.slurm_queue) for the state of jobs that have not
-written a result yet.
+Reads what a run left on disk (where bench.layout says): the plan, the artifacts and the cell records; each
+executor says what it knows of the jobs (`Executor.job_views`: SLURM's job book, with the states SLURM gives
+the jobs that have not written a result yet).
 """
 
 from __future__ import annotations
@@ -12,47 +12,31 @@ from pathlib import Path
 from typing import Any
 
 from bench import layout, records
-from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import EvalCell, Plan
-from bench.jobbook import JobBook
+from bench.executors import REGISTRY as EXECUTORS
+from bench.executors.base import JobView
+from bench.plan import Plan
 from bench.planfile import read_plan
-
-
-def stage_file_state(plan: Plan, key: str) -> str | None:
-    return layout.stage_file_state(plan.stages[key].artifact_dir)
-
-
-def cell_file_state(plan: Plan, cell: EvalCell) -> str | None:
-    state = records.record_status(layout.record_path(plan, cell), cell.key)
-    return None if state == "done" and layout.points_missing(plan, cell) else state
-
-
-def _stale(plan: Plan, cell: EvalCell) -> bool:
-    """An older record of the same settings, computed by other code or from other inputs, is on disk."""
-    path = layout.record_path(plan, cell)
-    return bool(cell.settings_key and records.same_settings_records(path.parent, cell.record_name, cell.settings_key))
-
 
 # --- the status table -------------------------------------------------------------------------------------
 
-def status_rows(plan: Plan, book: JobBook, states: dict[str, str]) -> list[dict[str, Any]]:
-    """One row per stage and cell: kind, label, state (done/running/pending/failed), job id, log."""
+def status_rows(plan: Plan, jobs: dict[str, JobView]) -> list[dict[str, Any]]:
+    """One row per stage and cell: kind, label, state (done/running/pending/failed/stale), job id, log; `jobs`
+    is the executor's latest job per stage or cell key."""
     rows = []
-    cells = {cell.key: cell for cell in plan.cells}
-    items = [("train", key, plan.stages[key].label, stage_file_state(plan, key)) for key in plan.stages]
-    items += [("eval", cell.key, cell.label, cell_file_state(plan, cell)) for cell in plan.cells]
+    items = [("train", key, stage.label, layout.stage_file_state(stage.artifact_dir))
+             for key, stage in plan.stages.items()]
+    items += [("eval", cell.key, cell.label, records.cell_state(plan, cell)) for cell in plan.cells]
     for kind, key, label, found in items:
-        job = book.latest(key)
-        job_state = states.get(job["job_id"]) if job else None
-        word = state_word(job_state) if job else "ended"
-        # a job at work overrides an earlier attempt's failure
+        job = jobs.get(key)
+        word = job.word if job else "ended"
+        # a job at work overrides an earlier attempt's failure; a queued one leaves a stale record stale
         state = word if word != "ended" else found or "pending"
-        if state == "pending" and kind == "eval" and _stale(plan, cells[key]):
+        if state == "pending" and found == "stale":
             state = "stale"
         rows.append({"kind": kind, "key": key, "label": label, "state": state,
                      "error": _last_error_line(plan, kind, key) if state == "failed" else "",
-                     "job_id": job["job_id"] if job else None, "job_state": job_state,
-                     "attempts": len(book.jobs.get(key, [])), "log": job.get("stderr") if job else None})
+                     "job_id": job.job_id if job else None, "job_state": job.state if job else None,
+                     "attempts": job.attempts if job else 0, "log": job.log if job else None})
     return rows
 
 
@@ -109,14 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error_line(error), file=sys.stderr)
         return 2
-    book = JobBook.for_plan(plan_path)
-    latest = book.latest_job_ids()
-    states = query_job_states(latest)
-    print(format_status(plan, status_rows(plan, book, states), show_logs=show_logs))
-    if latest and all(state == "UNKNOWN" for state in states.values()):
-        print(f"note: SLURM knows none of the {len(latest)} recorded jobs (no squeue/sacct here, or accounting "
-              f"is off); states come from the files alone", file=sys.stderr)
+    jobs, notes = executor_jobs(plan, plan_path)
+    print(format_status(plan, status_rows(plan, jobs), show_logs=show_logs))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def executor_jobs(plan: Plan, plan_path: Path) -> tuple[dict[str, JobView], list[str]]:
+    """What each executor knows of the plan's jobs (runs of one grid may have used several executors)."""
+    jobs: dict[str, JobView] = {}
+    notes = []
+    for name in EXECUTORS.names():
+        found, note = EXECUTORS.resolve(name).job_views(plan, plan_path)
+        jobs.update(found)
+        notes += [note] if note else []
+    return jobs, notes
 
 
 def load_status_plan(argv: list[str]) -> tuple[Plan, Path, bool]:

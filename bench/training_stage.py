@@ -20,10 +20,10 @@ import torch
 import defences
 from attacks.seeding import derive_seed, seed_everything
 from bench import layout, records
-from bench.grid import Plan, TrainStage
 from bench.locks import locked
 from bench.logs import job_log
 from bench.options import RunOptions
+from bench.plan import Plan, TrainStage
 from bench.runtime import git_state, hardware_summary, package_versions, resolve_device
 from bench.scenarios import Scenario
 from defences.atomic import write_json_atomic
@@ -116,7 +116,7 @@ def _fit_stage(plan: Plan, stage: TrainStage) -> str:
         train = load_split(plan.scenario(stage.scenario), "train", plan.options.data_dir, plan.options.smoke)
         summary = defence.fit(train, ctx)
         defence.save(folder, _stage_metadata(stage, provenance, summary, started, device))
-        for leftover in folder.glob("progress-*.pt"):
+        for leftover in layout.stage_progress_files(folder):
             leftover.unlink()
         LOG.info("trained %s in %.1f s", stage.label, time.time() - started)
         return "done"

@@ -33,6 +33,7 @@ from defences.atomic import unique_temp, write_json_atomic
 LOG = logging.getLogger("bench.defences")
 
 WEIGHTS_FILE = "defence.safetensors"  # a fitted defence's folder: its weights,
+PROGRESS_FILE = "progress-{phase}.pt"  # a fit's resumable checkpoint of one phase (FitContext.checkpoint_path)
 METADATA_FILE = "defence.json"  # then its metadata, written last (its presence marks the fit complete)
 
 
@@ -99,7 +100,7 @@ class FitContext:
         return meter
 
     def checkpoint_path(self, phase: str = "train") -> Path:
-        return self.workdir / f"progress-{phase}.pt"
+        return self.workdir / PROGRESS_FILE.format(phase=phase)
 
     def seed_epoch(self, epoch: int, phase: str = "train") -> torch.Generator:
         """Re-seed every RNG at an epoch start so that a resumed run repeats an uninterrupted one."""

@@ -78,3 +78,29 @@ def test_values_are_data_never_code(tiny_grid):
     # a plain string, never evaluated: refused by the setting's own check, quoted as it was given
     with pytest.raises(ConfigError, match=r"schedule=\"__import__\('os'\)\.system\('false'\)\" is not valid"):
         expand(compose(tiny_grid() + ["defences.at.schedule=__import__('os').system('false')"]))
+
+
+def test_a_bad_report_section_is_refused_when_the_grid_is_planned(tiny_grid, tmp_path, capsys):
+    """Composition reads the section as data; planning checks it against the report's layouts, before any work."""
+    from bench.run import main as run_main
+
+    arguments = tiny_grid(lambda grid: grid.update(report={"carso_tabel2": {}}))
+    config = compose(arguments)
+    with pytest.raises(ConfigError, match=r"report section: .*unknown layout\(s\) \['carso_tabel2'\].*carso_table2"):
+        expand(config)
+    assert run_main(arguments) == 2
+    assert "report section" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_the_api_composes_the_same_run_from_pairs_as_the_command_line(tiny_grid, tmp_path):
+    from bench.api import command_line
+    from bench.config import compose_pairs
+
+    options = {"results_dir": tmp_path / "r", "seeds": (0, 1), "attacks.fgsm.eps": 0.25, "eval.draws": 2}
+    grid = tiny_grid()[0].partition("=")[2]
+    from_pairs = compose_pairs([("grid", grid), ("results_dir", str(tmp_path / "r")), ("seeds", [0, 1]),
+                                ("attacks.fgsm.eps", 0.25), ("eval.draws", 2)])
+    from_argv = compose(command_line(grid, options))
+    assert from_pairs == from_argv and from_pairs.run_options.seeds == [0, 1]
+    assert from_pairs.eval_options.draws == 2 and from_pairs.grid["attacks"]["fgsm"]["eps"] == 0.25

@@ -16,9 +16,10 @@ import pytest
 
 from bench import records
 from bench.config import compose
-from bench.grid import Plan, expand
+from bench.grid import expand
 from bench.layout import record_path
 from bench.locks import WorkLock
+from bench.plan import Plan
 from bench.run import main as run_main
 from bench.run import plan_state
 from defences.atomic import write_json_atomic
@@ -244,12 +245,14 @@ def test_status_reads_the_folders_given_after_a_move(tiny_grid, tmp_path, monkey
     assert "cells: 1 done, 3 pending" in capsys.readouterr().out
 
 
-def test_provenance_summary_reads_plan_json_too(tiny_grid):
+def test_provenance_summary_of_a_plan_read_back_from_plan_json(tiny_grid, tmp_path):
+    from bench.planfile import read_plan, write_plan
+
     plan = expand(compose(tiny_grid()))
     cell = plan.cells[0]
     old = valid_record(cell, key="feedfeedfeedfeed", fingerprint={**cell.fingerprint, "stage_inputs": {"data:x": "1"}})
-    as_json = json.loads(json.dumps(plan.to_json()))
-    assert records.provenance_summary([old], as_json)["stale"] == records.provenance_summary([old], plan)["stale"] \
+    read = read_plan(write_plan(plan, tmp_path))
+    assert records.provenance_summary([old], read)["stale"] == records.provenance_summary([old], plan)["stale"] \
         == [{"record": cell.label, "key": "feedfeedfeedfeed", "current_key": cell.key, "changed": ["data:x"]}]
 
 

@@ -3,7 +3,9 @@
 Every import counts for the layers: module-level ones, imports inside functions (lazy) and under
 `if TYPE_CHECKING:`. The rules (issue 14): `attacks` imports nothing from `bench` or `defences` and, outside the
 standard library, only torch, numpy and the reference attack packages; `defences` imports nothing from `bench`;
-the file-level import graph of the project's own modules has no cycle. For cycles, imports under
+the file-level import graph of the project's own modules has no cycle; within `bench`, configuration is data: its
+modules (BENCH_CONFIGURATION) import nothing of `bench` above them, not even inside a function (the
+executors, the report layouts and the planner are above them). For cycles, imports under
 `if TYPE_CHECKING:` do not count: they name types for annotations and never execute, which is how Python code
 lets a base class mention the plan it runs without importing the planner.
 """
@@ -20,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("attacks", "defences", "bench")
 FORBIDDEN = {"attacks": {"bench", "defences"}, "defences": {"bench"}}
 ATTACKS_THIRD_PARTY = {"torch", "numpy", "pyautoattack", "autoattack", "torchattacks"}
+# bench's configuration layer, and what of bench beside itself it may import: the dataset catalogue its scenarios
+# name
+BENCH_CONFIGURATION = ("bench.validation", "bench.conffiles", "bench.options", "bench.scenarios", "bench.config")
+CONFIGURATION_MAY_USE = ("bench.data",)
 
 
 def project_modules(root: Path) -> dict[str, Path]:
@@ -97,6 +103,36 @@ def layer_violations(root: Path) -> list[str]:
     return problems
 
 
+def _within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def configuration_violations(root: Path) -> list[str]:
+    """Imports of bench modules above the configuration layer from inside it, module-level or lazy."""
+    modules = project_modules(root)
+    allowed = BENCH_CONFIGURATION + CONFIGURATION_MAY_USE
+    problems = []
+    for module in BENCH_CONFIGURATION:
+        if module not in modules:
+            continue
+        tree = ast.parse(modules[module].read_text())
+        lazy = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                for inner in ast.walk(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level:  # `from bench import x` imports bench.x
+                base = node.module or ""
+                found = [(base if base != "bench" else f"bench.{alias.name}", f"{base}.{alias.name}")
+                         for alias in node.names]
+            elif isinstance(node, ast.Import):
+                found = [(alias.name, alias.name) for alias in node.names]
+            else:
+                continue
+            problems += [f"{module} imports {shown}{' (lazily)' if id(node) in lazy else ''}"
+                         for shown, target in found
+                         if target.split(".")[0] == "bench" and not _within(target, allowed)]
+    return sorted(set(problems))
+
+
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """One cycle of the directed graph as [a, b, ..., a], or None (iterative depth-first search)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: finished
@@ -122,6 +158,24 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 def test_layers_import_only_downwards():
     problems = layer_violations(ROOT)
     assert not problems, "layer violations:\n" + "\n".join(problems)
+
+
+def test_configuration_imports_nothing_above_it_even_lazily():
+    problems = configuration_violations(ROOT)
+    assert not problems, "configuration imports upward:\n" + "\n".join(problems)
+
+
+def test_the_configuration_check_sees_lazy_upward_imports(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "config.py").write_text(
+        "from bench.options import RunOptions\nfrom bench.data import dataset_info\n"
+        "def executor_options():\n    from bench.executors import REGISTRY\n    import bench.reporting.layouts\n")
+    (tmp_path / "bench" / "options.py").write_text("import bench.grid\nfrom bench import layout, validation\n")
+    (tmp_path / "bench" / "grid.py").write_text("from bench.config import compose\n")  # above: may import it
+    assert configuration_violations(tmp_path) == [
+        "bench.config imports bench.executors (lazily)", "bench.config imports bench.reporting.layouts (lazily)",
+        "bench.options imports bench.grid", "bench.options imports bench.layout"]
 
 
 def test_no_import_cycle_between_files():

@@ -46,8 +46,8 @@ def test_the_default_slurm_profile_loads_from_the_installed_package(wheel, tmp_p
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path / "elsewhere"  # no slurm/profiles/ here, and not the checkout
     elsewhere.mkdir()
-    script = ("import bench, bench.options as o, bench.executors.slurm as s; "
-              "print(bench.__file__); print(s.ClusterProfile.load(o.SlurmOptions.from_dict().profile).name); "
+    script = ("import bench, bench.executors.slurm as s; "
+              "print(bench.__file__); print(s.ClusterProfile.load(s.SlurmOptions.from_dict().profile).name); "
               "print(s.available_profiles())")
     result = subprocess.run([sys.executable, "-P", "-c", script], cwd=elsewhere, env={"PYTHONPATH": str(site)},
                             capture_output=True, text=True, timeout=120)

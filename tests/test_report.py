@@ -88,7 +88,7 @@ def write_grid_fixture(root: Path) -> Path:
         key, defence, defence_name, attack, attack_name, extra, state = cell
         record_name = f"cifar10_toy.{defence}.{attack}.s0.{key}.json"
         planned.append({"key": key, "grid": "fixture", "block": "main", "scenario": "cifar10_toy",
-                        "defence_key": defence, "defence_name": defence_name, "stage": f"stage_{defence}",
+                        "defence_key": defence, "defence_name": defence_name, "stage_key": f"stage_{defence}",
                         "attack_key": attack, "attack_name": attack_name,
                         "attack_params": _settings(attack_name, extra), "attack_budget": "", "seed": 0,
                         "n_examples": 10, "eval": EVAL, "record_name": record_name})
@@ -117,7 +117,8 @@ def write_grid_fixture(root: Path) -> Path:
     (cells_dir / "cifar10_toy.at.aa.s0.forged.json").write_text('{"status": "done"}')  # quarantined on read
     (results / ".plan").mkdir()
     (results / ".plan" / "plan.json").write_text(json.dumps(
-        {"grid": "fixture", "options": {"grid": "fixture"}, "stages": stages, "cells": planned}))
+        {"format": 2, "grid": "fixture", "options": {"grid": "fixture"}, "scenarios": {}, "stages": stages,
+         "cells": planned}))
     (results / "diagnostics").mkdir()
     (results / "diagnostics" / "cifar10_toy.carso.randaa.s0.json").write_text(json.dumps({
         "scenario": "cifar10_toy", "defence": "carso", "attack": "randaa", "seed": 0, "n": 10, "eps": EPS,

@@ -13,8 +13,10 @@ from bench.conffiles import ConfigError, load_conf
 from bench.config import compose
 from bench.executors import REGISTRY as EXECUTORS
 from bench.executors import make_executor
-from bench.grid import Plan, expand
-from bench.options import EvalOptions, RunOptions, SlurmOptions
+from bench.executors.slurm import SlurmOptions
+from bench.grid import expand
+from bench.options import EvalOptions, RunOptions
+from bench.plan import Plan
 from bench.planfile import read_plan, write_plan
 from bench.validation import SettingError
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.executors.slurm_jobbook import JobBook
 from bench.executors.slurm_queue import query_job_states
-from bench.jobbook import JobBook
 from bench.records import load_records, read_json
 from bench.run import main as run_main
 

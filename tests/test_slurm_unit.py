@@ -7,6 +7,7 @@ the job book, in-flight jobs not being submitted twice, Ctrl-C, and the collecti
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 from pathlib import Path
@@ -18,9 +19,9 @@ from submitit.slurm.test_slurm import mocked_slurm
 import bench.executors.slurm as slurm_executor
 from bench.conffiles import ConfigError
 from bench.config import compose
+from bench.executors.slurm_jobbook import JobBook, collect_finished_jobs, job_views
 from bench.executors.slurm_queue import parse_state_table
 from bench.grid import expand
-from bench.jobbook import JobBook, collect_finished_jobs
 from bench.jobs import CellJob, StageJob
 from bench.layout import record_path, stage_failed_path
 from bench.planfile import read_plan, write_plan
@@ -127,7 +128,7 @@ def test_job_book_records_every_task(planned, tmp_path: Path) -> None:
     assert sorted(book.latest(k)["job_id"] for k in cells) == ["13_0", "13_1", "14_0", "14_1"]
     job = book.latest(levels[0][0])
     assert job["stderr"].endswith("12_0/12_0_0_log.err") and job["kind"] == "train"
-    text = format_status(plan, status_rows(plan, book, {"12_0": "RUNNING", "12_1": "PENDING"}))
+    text = format_status(plan, status_rows(plan, job_views(book, {"12_0": "RUNNING", "12_1": "PENDING"})))
     assert "job 12_0 (RUNNING)" in text and "stages: 1 pending, 1 running" in text
 
 
@@ -214,7 +215,7 @@ def test_dead_jobs_get_failed_records_pointing_at_their_logs(planned, tmp_path: 
     assert record["log"] == book.latest(cell.key)["stderr"] and "CANCELLED" in record["error"]
     assert outcome[stage_key] == "failed" and outcome[cell.key] == "failed" and outcome[cells[1]] == "running"
     assert not record_path(plan, next(c for c in plan.cells if c.key == cells[1])).exists()
-    text = format_status(plan, status_rows(plan, book, states))
+    text = format_status(plan, status_rows(plan, job_views(book, states)))
     assert f"failed   job {book.latest(cell.key)['job_id']} (CANCELLED)" in text
     assert "error: SLURM job 13_0 ended in state CANCELLED without writing a result" in text
     # a cell that wrote its own record keeps it: collecting never overwrites
@@ -260,3 +261,30 @@ def test_without_slurm_tools_the_error_says_how_to_get_them(planned, tmp_path: P
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="slurm/local_cluster/install.sh"):
         make_executor(tmp_path, profile_path).run(plan_path, levels, cells)
+
+
+def test_executor_hooks_check_the_device_here_unless_the_work_runs_on_the_cluster() -> None:
+    from bench.executors.debug import DebugExecutor
+    from bench.executors.local import LocalExecutor
+    from bench.options import RunOptions
+
+    absent = RunOptions(device="cuda:99")  # no machine this runs on has a hundredth GPU
+    for local in (DebugExecutor, LocalExecutor):
+        with pytest.raises(ConfigError, match="cuda:99"):
+            local.check_device(absent)
+    assert slurm_executor.SlurmExecutor.check_device(absent) is None  # the nodes have their own devices
+
+
+def test_status_asks_every_executor_for_its_jobs(planned, tmp_path: Path) -> None:
+    """The status table shows the SLURM job book's jobs whatever executor the plan names; without a book there
+    are no jobs and no note."""
+    from bench.status import executor_jobs
+
+    plan_path, plan, levels, cells, profile_path = planned
+    assert executor_jobs(plan, plan_path) == ({}, [])
+    with mocked_slurm():
+        make_executor(tmp_path, profile_path).run(plan_path, levels, cells)
+    book = JobBook.for_plan(plan_path)
+    jobs, _ = executor_jobs(dataclasses.replace(plan, options=plan.options.replace(executor="debug")), plan_path)
+    assert {key: view.job_id for key, view in jobs.items()} == {key: book.latest(key)["job_id"] for key in book.jobs}
+    assert all(view.attempts == 1 and view.log == book.latest(key)["stderr"] for key, view in jobs.items())

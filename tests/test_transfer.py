@@ -182,7 +182,7 @@ def test_stochastic_judgement_of_saved_points_agrees_statistically(tmp_path, mon
 
 def test_an_interrupted_cell_resumes_with_the_points_it_saved(ran, tmp_path, monkeypatch):
     from bench import evaluate
-    from bench.grid import Plan
+    from bench.plan import Plan
 
     _, records, grid_folder = ran
     planned = read_plan(layout.latest_plan_path(grid_folder))

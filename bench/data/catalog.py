@@ -14,29 +14,18 @@ from bench.data.base import SPLITS, DatasetInfo, ImageSplit
 DATA_DIR_ENV = "BENCH_DATA_DIR"
 DEFAULT_DATA_DIR = "./data"
 
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        digits.INFO,
-        mnist.MNIST_INFO,
-        mnist.FASHION_MNIST_INFO,
-        cifar.CIFAR10_INFO,
-        cifar.CIFAR100_INFO,
-        tinyimagenet.INFO,
-        imagenette.INFO,
-    )
-}
-
-# Each loader takes (root, split, **options); the options are the loader's keyword arguments.
-_LOADERS: dict[str, Callable[..., ImageSplit]] = {
-    "digits": digits.load,
-    "mnist": partial(mnist.load, mnist.MNIST_INFO),
-    "fashion_mnist": partial(mnist.load, mnist.FASHION_MNIST_INFO),
-    "cifar10": cifar.load_cifar10,
-    "cifar100": cifar.load_cifar100,
-    "tinyimagenet": tinyimagenet.load,
-    "imagenette": imagenette.load,
-}
+# Each dataset once: its facts and its loader, which takes (root, split, **options) (the loader's keyword arguments).
+_CATALOGUE: tuple[tuple[DatasetInfo, Callable[..., ImageSplit]], ...] = (
+    (digits.INFO, digits.load),
+    (mnist.MNIST_INFO, partial(mnist.load, mnist.MNIST_INFO)),
+    (mnist.FASHION_MNIST_INFO, partial(mnist.load, mnist.FASHION_MNIST_INFO)),
+    (cifar.CIFAR10_INFO, cifar.load_cifar10),
+    (cifar.CIFAR100_INFO, cifar.load_cifar100),
+    (tinyimagenet.INFO, tinyimagenet.load),
+    (imagenette.INFO, imagenette.load),
+)
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info, _ in _CATALOGUE}
+_LOADERS: dict[str, Callable[..., ImageSplit]] = {info.name: load for info, load in _CATALOGUE}
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.executors.base import Executor
 from bench.jobs import CellJob, StageJob
-from bench.options import DebugOptions
+from bench.options import ExecutorOptions
 
 LOG = logging.getLogger("bench.executors")
+
+
+@dataclass(frozen=True)
+class DebugOptions(ExecutorOptions):
+    conf_name: ClassVar[str] = "debug"
 
 
 class DebugExecutor(Executor):

@@ -14,17 +14,30 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import submitit
 
 from bench import layout
 from bench.executors.base import Executor
 from bench.jobs import PARENT_ENV, CellJob, StageJob
-from bench.options import LocalOptions, RunOptions
+from bench.options import ExecutorOptions, RunOptions
 
 LOG = logging.getLogger("bench.executors")
+
+
+@dataclass(frozen=True)
+class LocalOptions(ExecutorOptions):
+    """conf/executor/local.yaml's options (its comments say what each does)."""
+
+    conf_name: ClassVar[str] = "local"
+    max_parallel: int
+    timeout_min: int
+    gpus_per_node: int
+    jobs_dir: str
+    poll_s: float
 
 
 def _stop(job: Any) -> None:

@@ -9,8 +9,8 @@
   training array with `afterany`, so a failed stage still lets its cells record a failure that points at it.
 - Jobs are `submitit.helpers.Checkpointable`: on a timeout or preemption signal submitit requeues them and
   they resume from the per-epoch / per-batch progress files. Pickles hold the plan's path and a key only.
-- Every job id goes into the grid's job book (bench.jobbook; bench.status shows it). A later run does not submit
-  again what is still queued or running; it waits for it. Ctrl-C while waiting asks whether to cancel.
+- Every job id goes into the grid's job book (bench.executors.slurm_jobbook; bench.status shows it). A later run
+  does not submit again what is still queued or running; it waits for it. Ctrl-C while waiting asks whether to cancel.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -32,12 +32,12 @@ from attacks.progress import Progress
 from attacks.registry import closest_hint
 from bench import layout
 from bench.conffiles import CONF_DIR, ConfigError
-from bench.executors.base import Executor
+from bench.executors.base import Executor, JobView
+from bench.executors.slurm_jobbook import JobBook, collect_finished_jobs, job_views
 from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import Plan
-from bench.jobbook import JobBook, collect_finished_jobs
 from bench.jobs import CellJob, StageJob
-from bench.options import RunOptions, SlurmOptions
+from bench.options import ExecutorOptions, RunOptions
+from bench.plan import Plan
 from bench.planfile import read_plan
 
 LOG = logging.getLogger("bench.executors")
@@ -214,6 +214,20 @@ def cluster_max_array_size() -> int | None:
 
 # --- the executor -----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class SlurmOptions(ExecutorOptions):
+    """conf/executor/slurm.yaml's options (its comments say what each does)."""
+
+    conf_name: ClassVar[str] = "slurm"
+    profile: str
+    jobs_dir: str
+    array_parallelism: int
+    max_array_size: int | None
+    max_num_timeout: int
+    poll_s: float
+    calibration: str | None
+
+
 class SlurmExecutor(Executor):
     """SLURM executor: training stages and evaluation cells as submitit array jobs on a cluster."""
 
@@ -224,9 +238,32 @@ class SlurmExecutor(Executor):
                  run_options: RunOptions | dict[str, Any] | None = None):
         super().__init__(options, run_options)
         self.profile = ClusterProfile.load(self.options.profile)
-        self.jobs_dir = layout.slurm_jobs_dir(self.options.jobs_dir)
         self.wait = self.run_options.wait
         self.submitted_arrays: list[str] = []
+
+    @classmethod
+    def check_device(cls, run_options: RunOptions) -> None:
+        """Nothing to check here: the work runs on the cluster's nodes, whatever this machine has."""
+
+    @classmethod
+    def collect_finished(cls, plan: Plan) -> None:
+        """Jobs an earlier run submitted that died without a word (killed, out of time or memory) get a failed
+        record or failed.json pointing at their logs."""
+        jobs_file = layout.job_book_path(layout.grid_dir(plan.options.results_dir, plan.grid))
+        if jobs_file.exists():
+            collect_finished_jobs(plan, JobBook(jobs_file))
+
+    @classmethod
+    def job_views(cls, plan: Plan, plan_path: Path) -> tuple[dict[str, JobView], str | None]:
+        """The job book's latest job of every stage and cell, in the state SLURM gives it now."""
+        book = JobBook.for_plan(plan_path)
+        latest = book.latest_job_ids()
+        states = query_job_states(latest)
+        note = None
+        if latest and all(state == "UNKNOWN" for state in states.values()):
+            note = (f"SLURM knows none of the {len(latest)} recorded jobs (no squeue/sacct here, or accounting is "
+                    "off); states come from the files alone")
+        return job_views(book, states), note
 
     def max_array_size(self) -> int:
         """Tasks per array: the option's cap, never above the cluster's MaxArraySize (indices start at 0)."""
@@ -304,7 +341,7 @@ class SlurmExecutor(Executor):
         import submitit
 
         try:
-            executor = submitit.SlurmExecutor(folder=self.jobs_dir / plan.grid / "%j",
+            executor = submitit.SlurmExecutor(folder=layout.slurm_job_folder(self.options.jobs_dir, plan.grid),
                                               max_num_timeout=self.options.max_num_timeout)
         except RuntimeError as error:  # no srun on PATH
             raise ConfigError(f"executor=slurm needs SLURM's client tools (srun, sbatch) on PATH: {error} For a "
@@ -335,7 +372,8 @@ class SlurmExecutor(Executor):
                         for key, job in zip(array.keys, jobs, strict=True)})
         book.save()
         LOG.info("submitted %s array %s: %d tasks%s (logs under %s)", array.kind, array_id, len(jobs),
-                 f", after {dependency}" if dependency else "", self.jobs_dir / plan.grid)
+                 f", after {dependency}" if dependency else "",
+                 layout.slurm_grid_jobs_dir(self.options.jobs_dir, plan.grid))
         return array_id
 
     # --- waiting --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Read a grid's results folder: the current plan, its cell records, unfinished work and diagnostics.
 
-The plan (results/<grid>/.plan/plan.json) says which cells the grid has; each planned cell is `done` or
-`failed` (it has a record), `partial` (an evaluation stopped part-way: some batches saved) or `missing`.
+The plan (results/<grid>/.plan/plan.json, read by bench.planfile.read_plan) says which cells the grid has;
+each planned cell is `done` or `failed` (it has a record), `partial` (an evaluation stopped part-way: some
+batches saved) or `missing`.
 Records in cells/ that the current plan does not name (an older plan's) are kept aside, never mixed in.
 Without a plan, every record is a cell (its defence parameters and scenario identity then come from the
 record's `defence_params` / `scenario_identity`, where it has them). cells/history/ is not read.
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import layout
+from bench.conffiles import ConfigError
+from bench.config import load_grid
+from bench.plan import EvalCell, Plan, TrainStage, cell_label
+from bench.planfile import read_plan
 from bench.records import load_records, read_json, validate_record
 
 LOG = logging.getLogger("bench.report")
@@ -66,7 +71,7 @@ class CellResult:
 
     @property
     def label(self) -> str:
-        return f"{self.scenario}/{self.defence}/{self.attack}/seed{self.seed}"
+        return cell_label(self.scenario, self.defence, self.attack, self.seed)
 
     @property
     def has_purifier(self) -> bool:
@@ -159,17 +164,14 @@ def _scenario_info(identity: dict[str, Any]) -> dict[str, Any]:
             "classifier": classifier, "arch": arch}
 
 
-def _cell_from_plan(planned: dict[str, Any], stages: dict[str, Any]) -> CellResult:
-    stage = stages.get(planned.get("stage_key", planned.get("stage", "")), {})  # "stage" in format-1 plans
+def _cell_from_plan(planned: EvalCell, stage: TrainStage | None) -> CellResult:
     return CellResult(
-        key=planned["key"], scenario=planned["scenario"], defence=planned["defence_key"],
-        defence_name=planned.get("defence_name", planned["defence_key"]), attack=planned["attack_key"],
-        attack_name=planned.get("attack_name", planned["attack_key"]),
-        attack_params=dict(planned.get("attack_params") or {}), seed=int(planned["seed"]),
-        n_examples=int(planned["n_examples"]), block=str(planned.get("block", "")), status="missing",
-        defence_params=dict(stage.get("params") or {}), scenario_info=_scenario_info(stage.get("identity") or {}),
-        eval_settings=dict(planned.get("eval") or {}), record_name=planned.get("record_name"),
-        attack_budget=str(planned.get("attack_budget") or ""))
+        key=planned.key, scenario=planned.scenario, defence=planned.defence_key, defence_name=planned.defence_name,
+        attack=planned.attack_key, attack_name=planned.attack_name, attack_params=dict(planned.attack_params),
+        seed=planned.seed, n_examples=planned.n_examples, block=planned.block, status="missing",
+        defence_params=dict(stage.params) if stage else {},
+        scenario_info=_scenario_info(stage.identity) if stage else {}, eval_settings=planned.eval.to_dict(),
+        record_name=planned.record_name, attack_budget=planned.attack_budget)
 
 
 def _cell_from_record(record: dict[str, Any]) -> CellResult:
@@ -218,14 +220,11 @@ def load_diagnostics(folder: Path) -> list[dict[str, Any]]:
     return found
 
 
-def grid_report_config(plan: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+def grid_report_config(plan: Plan | None) -> tuple[dict[str, Any], str]:
     """The `report:` section of the plan's grid file, read now (it only says how to lay out tables)."""
     if plan is None:
         return {}, ""
-    from bench.conffiles import ConfigError
-    from bench.config import load_grid
-
-    name = str((plan.get("options") or {}).get("grid") or plan.get("grid") or "")
+    name = plan.options.grid
     try:
         return dict(load_grid(name).get("report") or {}), ""
     except (ConfigError, OSError) as error:
@@ -238,10 +237,10 @@ def collect(results_dir: Path, report_config: dict[str, Any] | None = None) -> G
     cells_dir = layout.cells_dir(results_dir)
     records = load_records(cells_dir) if cells_dir.exists() else []
     by_key = {r["key"]: r for r in records if "key" in r}
-    plan = read_json(layout.latest_plan_path(results_dir))
+    plan_path = layout.latest_plan_path(results_dir)
+    plan = read_plan(plan_path) if plan_path.exists() else None
     if plan is not None:
-        stages = plan.get("stages") or {}
-        cells = [_cell_from_plan(planned, stages) for planned in plan.get("cells", [])]
+        cells = [_cell_from_plan(planned, plan.stages.get(planned.stage_key)) for planned in plan.cells]
         planned_keys = {c.key for c in cells}
         stray = [r for r in records if r.get("key") not in planned_keys]
     else:
@@ -253,7 +252,7 @@ def collect(results_dir: Path, report_config: dict[str, Any] | None = None) -> G
         report_config, note = grid_report_config(plan)
     else:
         note = ""
-    name = str(plan.get("grid")) if plan else results_dir.name
+    name = plan.grid if plan else results_dir.name
     return GridResults(name=name, results_dir=results_dir, cells=cells, has_plan=plan is not None,
                        stray_records=stray, diagnostics=load_diagnostics(layout.diagnostics_dir(results_dir)),
                        report_config=dict(report_config), config_note=note)

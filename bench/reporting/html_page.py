@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import layout
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.figures import FigureFile
 from bench.reporting.sections import Section
@@ -94,7 +95,7 @@ def _links(relative_paths: list[str]) -> str:
 def _cell_details(cell: CellResult) -> str:
     record = cell.record or {}
     rows = [("key", _e(cell.key)), ("status", _e(cell.status_text())), ("block", _e(cell.block)),
-            ("record file", _e(f"cells/{cell.record_name}" if cell.record_name else "–")),
+            ("record file", _e(f"{layout.CELLS}/{cell.record_name}" if cell.record_name else "–")),
             ("scenario", _json(cell.scenario_info) if cell.scenario_info else _e(cell.scenario)),
             ("defence", _e(f"{cell.defence} ({cell.defence_name})")),
             ("defence parameters", _json(cell.defence_params) if cell.defence_params else "–"),
@@ -122,7 +123,7 @@ def _cell_details(cell: CellResult) -> str:
 
 def _diagnostics(grid: GridResults) -> str:
     if not grid.diagnostics:
-        return ("<p>No diagnostics files in <code>diagnostics/</code>. Run <code>python -m bench.diagnose "
+        return (f"<p>No diagnostics files in <code>{layout.DIAGNOSTICS}/</code>. Run <code>python -m bench.diagnose "
                 f"grid={_e(grid.name)} cell=&lt;scenario/defence/attack&gt;</code> to check a cell for gradient "
                 "masking and attack convergence.</p>")
     parts = []
@@ -141,7 +142,8 @@ def _diagnostics(grid: GridResults) -> str:
             for name, flag in flags.items() if isinstance(flag, dict))
         budget = (f"<details><summary>diagnostics budget</summary>{_json(report['budget'])}</details>"
                   if report.get("budget") else "")
-        parts.append(f"<h3>{_e(title)}</h3><p>{verdict} · file <code>diagnostics/{_e(report['_path'])}</code></p>"
+        file = f"{layout.DIAGNOSTICS}/{report['_path']}"
+        parts.append(f"<h3>{_e(title)}</h3><p>{verdict} · file <code>{_e(file)}</code></p>"
                      f"{budget}"
                      f'<table class="results"><thead><tr><th>flag</th><th>state</th><th>evidence</th></tr></thead>'
                      f"<tbody>{rows}</tbody></table>")

@@ -1,6 +1,6 @@
-"""The SLURM job book (bench.layout: results/<grid>/.plan/jobs.json): every job submitted per stage or cell,
-and `collect_finished_jobs`, which gives jobs that died without a word (killed, out of time or memory) a
-failed record pointing at their logs.
+"""The SLURM job book (bench.layout: results/<grid>/.plan/jobs.json): every job submitted per stage or cell;
+`collect_finished_jobs`, which gives jobs that died without a word (killed, out of time or memory) a failed
+record pointing at their logs; and `job_views`, the latest job of each stage and cell for bench.status.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import layout, records
+from bench.executors.base import JobView
 from bench.executors.slurm_queue import query_job_states, state_word
-from bench.grid import Plan
+from bench.plan import Plan
 from defences.atomic import write_json_atomic
 
 
@@ -27,7 +28,7 @@ class JobBook:
     @classmethod
     def for_plan(cls, plan_path: Path) -> JobBook:
         """The book beside a plan file (both under the grid's .plan/ folder)."""
-        return cls(layout.job_book_path(Path(plan_path).parent.parent))
+        return cls(layout.job_book_path(layout.grid_dir_of_plan(plan_path)))
 
     def latest(self, key: str) -> dict[str, Any] | None:
         attempts = self.jobs.get(key)
@@ -91,3 +92,15 @@ def collect_finished_jobs(plan: Plan, book: JobBook, states: dict[str, str] | No
         word = state_word(job_state)
         outcome[key] = word if word != "ended" else _record_death(plan, key, job, job_state)
     return outcome
+
+
+def job_views(book: JobBook, states: dict[str, str]) -> dict[str, JobView]:
+    """The latest job of every stage and cell in the book, with its state in `states` (job id -> SLURM state)."""
+    views = {}
+    for key, attempts in book.jobs.items():
+        if attempts:
+            job = attempts[-1]
+            state = states.get(job["job_id"])
+            views[key] = JobView(job_id=job["job_id"], state=state, word=state_word(state), attempts=len(attempts),
+                                 log=job.get("stderr"))
+    return views
