@@ -89,3 +89,21 @@ def test_the_query_budget_counts_forward_passes():
         attacks.build("square", square_queries=3, eot=4)
     with pytest.raises(ValueError, match="square_eot"):
         attacks.build("square", square_eot=0)
+
+
+def test_randaa_and_adaptive_run_square_eot_on_stochastic_models(toy):
+    defence, x, y = toy
+    alone, _ = run_square(defence, x, y, eot=8)
+    randaa = attacks.build("randaa", eps=EPS, attacks=["square"], eot=8, square_queries=QUERIES, seed=3)
+    torch.manual_seed(1)
+    assert torch.equal(alone, randaa(defence, x, y))  # randaa's Square component judges queries by its eot draws
+    exact = {}
+    for square_eot in (1, 8):
+        adaptive = attacks.build("adaptive", eps=EPS, members=["square"], square_queries=QUERIES,
+                                 square_eot=square_eot, seed=3, max_escalations=0)
+        torch.manual_seed(1)
+        exact[square_eot] = noisy_linear_accuracy(defence, adaptive(defence, x, y), y)
+    better, worse = int((exact[8] < exact[1] - 1e-6).sum()), int((exact[8] > exact[1] + 1e-6).sum())
+    assert sign_test(better, worse) < 1e-3, (better, worse)
+    with pytest.raises(ValueError, match="counts forward passes per example"):
+        attacks.build("adaptive", square_queries=2, square_eot=4)
