@@ -11,6 +11,8 @@ for every attack's points, attacks.adaptive_stop.seeded_score); accuracies are s
 `--scale` divides every step, query and EOT budget (1 = the attacks' full defaults: 100 APGD steps, 9 targets, FAB
 100, Square 5000, EOT 20; PGD+EOT and BPDA+EOT 200 steps, EOT 20), with `--threads` torch threads. The goal is
 adaptive <= 1.2x aa's time while at least as strong, and on the stochastic model <= randaa + pgd_eot + bpda_eot.
+`--square-eot` sets adaptive's draws per Square query on the stochastic model (its default 4; 1 = plain Square):
+`square_queries` counts forward passes, so it changes the steps, not the forward budget.
 
     python -m bench.benchmarks.adaptive_vs_aa --n 100 --scale 1
 """
