@@ -40,15 +40,16 @@ def test_square_eot_beats_plain_square_on_the_noisy_linear_toy(toy):
     assert bool((exact_plain >= optimum - 1e-6).all() and (exact_eot >= optimum - 1e-6).all())  # the closed form holds
     better, worse = int((exact_eot < exact_plain - 1e-6).sum()), int((exact_eot > exact_plain + 1e-6).sum())
     assert sign_test(better, worse) < 1e-3, (better, worse)
-    assert exact_plain.mean() - exact_eot.mean() > 0.2  # measured: 0.754 -> 0.24 (optimum 0.007)
+    assert exact_plain.mean() - exact_eot.mean() > 0.3  # measured: 0.754 -> 0.190 (optimum 0.007)
     torch.manual_seed(5)  # K seeded draws judge both sets of points the same way
     judged_plain = evaluate_correctness(defence, plain, y, draws=64).float().mean(0)
     judged_eot = evaluate_correctness(defence, eot, y, draws=64).float().mean(0)
-    assert judged_plain.mean() - judged_eot.mean() > 0.2
-    # the same forward budget: at most square_queries passes per example for the search (plus the selection)
+    assert judged_plain.mean() - judged_eot.mean() > 0.3
+    # the same forward budget: square_queries passes per example for the search (plus the first point's draws and
+    # the selection's 2 x 8); Square-EOT spends all of it, plain Square stops at its first misclassified draw
     search = {name: a.counts["forward_examples"] - 2 * 8 * N for name, a in (("plain", plain_attack),
                                                                               ("eot", eot_attack))}
-    assert 0 < search["eot"] <= N * (QUERIES + 8) and search["plain"] <= N * (QUERIES + 1)
+    assert search["eot"] / N == pytest.approx(QUERIES + 8, abs=1) and search["plain"] < 0.1 * N * QUERIES
 
 
 def test_one_draw_is_plain_square_bit_for_bit(toy):
