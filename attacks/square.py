@@ -7,8 +7,8 @@ draw was lucky, keeps a best loss that is the minimum of noisy values (so later,
 rejected), and stops attacking a point once one draw misclassified it. Square-EOT evaluates each proposal with
 `eot` draws: a step is accepted when the mean margin over the draws (the loss) improves, and no point is ever
 "done": every point spends the whole budget lowering its mean margin (a point all of whose `eot` draws were wrong
-once is not wrong on later draws; stopping there, as an earlier version did, left the noisy linear toy at 0.24
-expected accuracy with eot 8 where the full budget reaches 0.19, and at 0.61 instead of 0.24 with eot 2). With
+once is not wrong on later draws; stopping there leaves the noisy linear toy of bench/benchmarks/square_eot.py at
+0.24 expected accuracy with eot 8 where the full budget reaches 0.19, and at 0.61 instead of 0.24 with eot 2). With
 eot = 1 it is pyautoattack's Square unchanged (which stops at the first misclassified draw).
 
 Budget: `square_queries` counts forward passes per example (queries of the model, as in the black-box setting),
