@@ -25,6 +25,8 @@ passes, a point leaves APGD as soon as it is misclassified (attacks.apgd: the ot
 and FAB's and Square's results take one pass each. Target class counts are capped at (classes - 1) (APGD-T and
 FAB-T would otherwise index past the classes on datasets with fewer than 10). APGD-T's targets come from the
 clean logits (mean of `selection_draws` passes), computed once.
+On a stochastic model the Square component is Square-EOT (attacks/square.py) when `square_eot` (None: `eot`) is
+above 1: each query judged by the mean margin of that many draws; `square_queries` counts forward passes.
 EOT inside APGD (`eot`) is batched: the copies of a batch in chunked forward/backward passes of at most
 `max_batch` examples (None: the device default of attacks.eot).
 """
