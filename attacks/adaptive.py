@@ -11,7 +11,9 @@ examples still correct on some draw (attacks/adaptive_members.py):
   from the worst point so far; margin PGD+EOT from the worst point (for purifiers a start transferred from the
   classifier-only and BPDA candidates wherever they are the worst so far; in the first round from the clean point,
   as `pgd_eot` alone, and from the worst point in the escalations); APGD-T with EOT, one target class at a
-  time (most likely first) while the last target broke examples beyond re-scoring noise; Square last.
+  time (most likely first) while the last target broke examples beyond re-scoring noise; Square last, as
+  Square-EOT (attacks/square.py: each query judged by the mean margin of `square_eot` draws; `square_queries`
+  counts forward passes, so it takes square_queries // square_eot steps).
 A member that cannot run (too few classes, no purifier, FAB on a stochastic model, L2 Square on small images) is
 skipped and the reason recorded.
 
@@ -57,6 +59,7 @@ from attacks.adaptive_stop import RoundEvidence, keep_unless_better, paired_resc
 from attacks.base import Attack, Budget, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
+from attacks.square import square_steps
 
 MEMBERS = ("aa", "randaa", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "pgd", "pgd_eot", "bpda_eot", "square")
 DETERMINISTIC_MEMBERS = ("aa", "apgd_dlr", "pgd_eot")
@@ -84,7 +87,8 @@ class Adaptive(Attack):
     pgd_steps: int = 100
     pgd_step_size: float | None = None
     eot: int = 20
-    square_queries: int = 5000
+    square_queries: int = 5000  # forward passes per example (attacks.square), doubled with each escalation
+    square_eot: int = 4  # on stochastic models, the draws that judge each Square query (Square-EOT)
     selection_draws: int = 8
     max_escalations: int = 2
     min_new: int = 1
@@ -103,10 +107,12 @@ class Adaptive(Attack):
                 raise ValueError(f"members={self.members!r} is not valid: give distinct names from "
                                  f"{', '.join(MEMBERS)} (or null for the defaults)")
         require_at_least_one(self, ("apgd_steps", "apgd_restarts", "target_classes", "fab_steps", "pgd_steps", "eot",
-                                    "square_queries", "selection_draws", "min_new"))
+                                    "square_queries", "square_eot", "selection_draws", "min_new"))
         require_at_least_one(self, ("max_batch",), optional=True)
         if self.members is not None and sum(m in CASCADES for m in self.members) > 1:
             raise ValueError(f"members={self.members!r}: give at most one AutoAttack cascade ({' or '.join(CASCADES)})")
+        if self.members is None or "square" in self.members:
+            square_steps(self.square_queries, self.square_eot)
         if self.max_escalations < 0:
             raise ValueError(f"max_escalations must be >= 0, got {self.max_escalations}")
         if not 0 < self.alpha < 1:

@@ -104,7 +104,8 @@ def build_member(adaptive: Any, name: str, budget: dict[str, Any], seed: int, co
         return build(name, **common, **targets, fab_steps=budget["fab_steps"], seed=seed)
     if name == "square":
         return build(name, **common, square_queries=budget["square_queries"], seed=seed,
-                     selection_draws=adaptive.selection_draws)
+                     selection_draws=adaptive.selection_draws, square_eot=adaptive.square_eot,
+                     max_batch=adaptive.max_batch)
     steps = {"steps": budget["pgd_steps"], "step_size": budget["pgd_step_size"], "loss": "margin",
              "selection_draws": adaptive.selection_draws}
     if name == "pgd":

@@ -25,6 +25,8 @@ passes, a point leaves APGD as soon as it is misclassified (attacks.apgd: the ot
 and FAB's and Square's results take one pass each. Target class counts are capped at (classes - 1) (APGD-T and
 FAB-T would otherwise index past the classes on datasets with fewer than 10). APGD-T's targets come from the
 clean logits (mean of `selection_draws` passes), computed once.
+On a stochastic model the Square component is Square-EOT (attacks/square.py) when `square_eot` (None: `eot`) is
+above 1: each query judged by the mean margin of that many draws; `square_queries` counts forward passes.
 EOT inside APGD (`eot`) is batched: the copies of a batch in chunked forward/backward passes of at most
 `max_batch` examples (None: the device default of attacks.eot).
 """
@@ -41,6 +43,7 @@ from attacks.apgd import APGD
 from attacks.base import Attack, Budget, project, require_at_least_one
 from attacks.protocol import score_points
 from attacks.seeding import derive_seed
+from attacks.square import square_attack, square_steps
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -70,6 +73,7 @@ class AutoAttackBase(Attack):
     fab_restarts: int = 1
     square_queries: int = 5000
     square_p_init: float = 0.8
+    square_eot: int | None = None  # draws per Square query on a stochastic model (attacks.square); None: `eot`
     seed: int | None = None
     selection_draws: int = 8
     batch_size: int = 500
@@ -85,6 +89,14 @@ class AutoAttackBase(Attack):
                              f"valid: {', '.join(AA_ATTACKS)}")
         require_at_least_one(self, ("apgd_steps", "apgd_restarts", "eot", "target_classes", "fab_steps",
                                     "fab_restarts", "square_queries", "selection_draws", "batch_size"))
+        require_at_least_one(self, ("square_eot",), optional=True)
+        if "square" in self.attacks:
+            square_steps(self.square_queries, self.draws_per_square_query)
+
+    @property
+    def draws_per_square_query(self) -> int:
+        """The draws that judge each Square query on a stochastic model (a deterministic one needs one)."""
+        return self.square_eot if self.square_eot is not None else self.eot
 
     # --- the driver -----------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,7 +199,6 @@ class AutoAttackBase(Attack):
             return [Candidate(run.least_correct.x, run.least_correct.correct_rate, run.least_correct.margin),
                     Candidate(run.highest_loss.x, run.highest_loss.correct_rate, run.highest_loss.margin)]
         from pyautoattack.fab_pt import FABAttack_PT
-        from pyautoattack.square import SquareAttack
 
         common = {"norm": self.norm, "eps": self.eps, "seed": seed, "device": x.device}
         if name in ("fab", "fab-t"):
@@ -196,8 +207,10 @@ class AutoAttackBase(Attack):
                                targeted=targeted, n_target_classes=self._targets(num_classes), verbose=False,
                                **common)
             return [Candidate(fab.perturb(x, y))]
-        square = SquareAttack(model, p_init=self.square_p_init, n_queries=self.square_queries, n_restarts=1,
-                              verbose=False, resc_schedule=False, **common)
+        draws = self.draws_per_square_query if stochastic else 1
+        settings = {"p_init": self.square_p_init, "n_queries": square_steps(self.square_queries, draws),
+                    "n_restarts": 1, "verbose": False, "resc_schedule": False, **common}
+        square = square_attack(model, draws, self.max_batch, **settings)
         square.init_hyperparam(x)
         _, best_point = square.attack_single_run(x, y)
         return [Candidate(best_point)]
@@ -280,7 +293,11 @@ class FABT(AutoAttackBase):
 
 @dataclass
 class Square(AutoAttackBase):
-    """Square Attack (Andriushchenko et al. 2020), the black-box reference: 5000 queries, p_init 0.8."""
+    """Square Attack (Andriushchenko et al. 2020), the black-box reference: 5000 queries, p_init 0.8.
+
+    `square_queries` counts forward passes per example. With `eot` (or `square_eot`) > 1 on a stochastic model it
+    is Square-EOT (attacks.square): each of square_queries // eot steps judged by the mean margin of `eot` draws.
+    """
 
     attacks: list[str] = field(default_factory=lambda: ["square"])
 

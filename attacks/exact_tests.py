@@ -1,6 +1,7 @@
 """Exact binomial tests, for the diagnostics' flags (attacks/diagnostic_evidence.py) and the report's paired
-comparisons (bench/stats.py): `binomial_upper_tail` (one-sided test against a rate), `sign_test` (one-sided, on
-discordant pairs) and `mcnemar_exact` (two-sided, on discordant pairs).
+comparisons (bench/stats.py, bench/reporting/headline.py): `binomial_upper_tail` (one-sided test against a rate),
+`sign_test` (one-sided, on discordant pairs), `mcnemar_exact` (two-sided, on discordant pairs) and
+`fisher_greater` (one-sided, two rates of K draws each).
 
 Kept apart from attacks/stats.py, which the evaluation protocol imports: this module is outside every result's
 code fingerprint (bench/fingerprint.py), so changing a test never invalidates a result.
@@ -58,3 +59,18 @@ def mcnemar_exact(first_only: int, second_only: int) -> float:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def fisher_greater(first: int, first_n: int, second: int, second_n: int) -> float:
+    """One-sided Fisher exact test that the first rate (`first` of `first_n`) exceeds the second (`second` of
+    `second_n`): P(X >= first) for X hypergeometric, the first group's share of the first + second successes.
+
+    Valid under the null of equal rates whatever that rate is (conditioning on the total removes it); exact
+    integer arithmetic.
+    """
+    if not (0 <= first <= first_n and 0 <= second <= second_n):
+        raise ValueError(f"need 0 <= successes <= trials, got {first}/{first_n} and {second}/{second_n}")
+    total = first + second
+    tail = sum(math.comb(first_n, k) * math.comb(second_n, total - k)
+               for k in range(first, min(first_n, total) + 1) if total - k <= second_n)
+    return tail / math.comb(first_n + second_n, total)

@@ -87,14 +87,15 @@ def test_headline_counts_the_examples_other_attacks_broke_that_adaptive_did_not(
     assert headline.adaptive_sentence(items[2:]) == ""
 
 
-def test_adaptive_check_on_single_draw_rates_is_an_expected_count():
+def test_adaptive_check_on_single_draw_rates_counts_only_differences_beyond_draw_noise():
     clean = [1.0, 1.0, 1.0]
     adaptive = cell("carso", "adaptive", clean, [0.5, 1.0, 0.0], name="adaptive", draws=8)
-    pgd_eot = cell("carso", "pgd_eot", clean, [0.25, 1.0, 0.5], draws=8)
+    pgd_eot = cell("carso", "pgd_eot", clean, [0.25, 1.0, 0.5], draws=8)  # 4 of 8 vs 2 of 8 correct draws: noise
     [item] = headline.headlines(grid_of([adaptive, pgd_eot]))
     check = item.adaptive_check
-    assert (check.missed, check.examples, check.exact) == (0.25, 1, False)
-    assert check.text() == "0.25 of 3 over 1 example(s) (single-draw rates: pgd_eot 0.25)"
+    assert (check.missed, check.examples, check.expected, check.exact) == (0, 1, 0.25, False)
+    assert check.text() == ("0 of 3 beyond noise (per-example Fisher test at 0.01, chance p = 1; expected "
+                            "single-draw shortfall 0.25 over 1 example(s))")
 
 
 def test_overstatement_of_naive_settings_with_paired_intervals():

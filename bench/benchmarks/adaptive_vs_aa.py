@@ -11,6 +11,8 @@ for every attack's points, attacks.adaptive_stop.seeded_score); accuracies are s
 `--scale` divides every step, query and EOT budget (1 = the attacks' full defaults: 100 APGD steps, 9 targets, FAB
 100, Square 5000, EOT 20; PGD+EOT and BPDA+EOT 200 steps, EOT 20), with `--threads` torch threads. The goal is
 adaptive <= 1.2x aa's time while at least as strong, and on the stochastic model <= randaa + pgd_eot + bpda_eot.
+`--square-eot` sets adaptive's draws per Square query on the stochastic model (its default 4; 1 = plain Square):
+`square_queries` counts forward passes, so it changes the steps, not the forward budget.
 
     python -m bench.benchmarks.adaptive_vs_aa --n 100 --scale 1
 """
@@ -37,7 +39,7 @@ def adversarially_trained(eps: float, epochs: int, steps: int, seed: int = 0) ->
     return fit_classifier(model, x, y, epochs=epochs, lr=0.01, batch_size=64, seed=seed, attack=pgd)
 
 
-def budgets(scale: int) -> dict[str, dict[str, object]]:
+def budgets(scale: int, square_eot: int = 4) -> dict[str, dict[str, object]]:
     """Every attack's settings at 1/`scale` of its full default budget."""
     apgd = {"apgd_steps": max(1, 100 // scale)}
     eot = {"eot": max(1, 20 // scale)}
@@ -45,7 +47,7 @@ def budgets(scale: int) -> dict[str, dict[str, object]]:
     return {"aa": {**apgd, "fab_steps": max(1, 100 // scale), "square_queries": max(1, 5000 // scale)},
             "randaa": {**apgd, **eot}, "pgd_eot": pgd_eot, "bpda_eot": pgd_eot,
             "adaptive": {**apgd, **eot, "fab_steps": max(1, 100 // scale), "square_queries": max(1, 5000 // scale),
-                         "pgd_steps": max(1, 100 // scale)}}
+                         "pgd_steps": max(1, 100 // scale), "square_eot": square_eot}}
 
 
 def timed(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
@@ -79,7 +81,7 @@ def deterministic_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def stochastic_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args) -> None:
-    b = budgets(args.scale)
+    b = budgets(args.scale, args.square_eot)
     defence = NoisyDefence(model, toy_task(), NoisyDefence.Params(sigma=args.sigma)).eval()
     rates, seconds = {}, {}
     for name in ("randaa", "pgd_eot", "bpda_eot", "adaptive"):
@@ -91,7 +93,7 @@ def stochastic_rows(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ar
     union = torch.stack([rates[n] for n in ("randaa", "pgd_eot", "bpda_eot")]).amin(0)
     others = sum(seconds[n] for n in ("randaa", "pgd_eot", "bpda_eot"))
     print(f"stochastic (noise sigma {args.sigma} + AT TinyCNN, eps {args.eps}, n = {x.shape[0]}, "
-          f"{args.judge_draws} common judge draws, 1/{args.scale} budget)")
+          f"{args.judge_draws} common judge draws, 1/{args.scale} budget, adaptive's square_eot {args.square_eot})")
     for name in ("randaa", "pgd_eot", "bpda_eot"):
         print(f"  {name:<9} robust {rates[name].mean():.3f}  {seconds[name]:7.1f} CPU s")
     print(f"  union of the three  robust {union.mean():.3f}  {others:7.1f} CPU s")
@@ -120,13 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge-draws", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=10, help="adversarial training epochs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--square-eot", type=int, default=4, help="adaptive's draws per Square query (stochastic)")
     parser.add_argument("--only", choices=("deterministic", "stochastic"), default=None)
     args = parser.parse_args(argv)
-    if min(args.n, args.scale, args.judge_draws, args.epochs, args.threads) < 1 or not args.eps > 0:
-        parser.error("--n, --scale, --judge-draws, --epochs and --threads must be >= 1 and --eps > 0")
+    x, y = digits8("test")
+    if not 1 <= args.n <= x.shape[0]:
+        parser.error(f"--n must be between 1 and {x.shape[0]} (the digits test split), got {args.n}")
+    if min(args.scale, args.judge_draws, args.epochs, args.threads, args.square_eot) < 1 or not args.eps > 0:
+        parser.error("--scale, --judge-draws, --epochs, --threads and --square-eot must be >= 1 and --eps > 0")
     torch.set_num_threads(args.threads)
     model = adversarially_trained(args.eps, args.epochs, steps=5)
-    x, y = digits8("test")
     x, y = x[:args.n], y[:args.n]
     if args.only != "stochastic":
         deterministic_rows(model, x, y, args)

@@ -2,6 +2,9 @@
 
 - `LinearClassifier` and `exact_robust_correct`: a linear model's exact robust correctness under Linf and L2
   (closed form, for inputs far enough from the box that the box does not bind);
+- `noisy_linear_toy`, `noisy_linear_accuracy`, `noisy_linear_optimum`: a two-class linear model behind Gaussian
+  input noise, whose expected (single-draw) accuracy at any point, and its minimum over the eps-ball, are closed
+  forms;
 - `digits8` and `TinyCNN` / `fit_classifier`: scikit-learn's 8x8 digits and a classifier trained on them in
   seconds;
 - `NoisyDefence` (Gaussian noise in front of a classifier: stochastic, per-example randomness),
@@ -54,6 +57,45 @@ def exact_robust_correct(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tens
                          norm: str) -> torch.Tensor:
     """Whether each point stays correctly classified for every perturbation of size <= eps (box not binding)."""
     return robust_radius(weight, bias, x, y, norm) > eps
+
+
+def noisy_linear_toy(n: int, sigma: float, seed: int = 0, block: int = 4,
+                     side: int = 8) -> tuple[NoisyDefence, torch.Tensor, torch.Tensor]:
+    """NoisyDefence(sigma) around a two-class linear model whose weight difference is +-1/2 on `block` x `block`
+    squares of random sign (a pattern Square's square windows can find), and n inputs uniform in [0.3, 0.7]
+    (inside the box for eps <= 0.3) labelled by the noise-free model."""
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.sign(torch.randn(1, 1, side // block, side // block, generator=generator))
+    pattern = F.interpolate(signs, scale_factor=block).flatten() * 0.5
+    model = LinearClassifier(torch.stack([pattern, -pattern]), torch.zeros(2))
+    x = 0.3 + 0.4 * torch.rand(n, 1, side, side, generator=generator)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    defence = NoisyDefence(model, toy_task(side=side, num_classes=2), NoisyDefence.Params(sigma=sigma)).eval()
+    return defence, x, y
+
+
+def _difference(defence: NoisyDefence, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = defence.classifier.weight.detach(), defence.classifier.bias.detach()
+    return weight[y] - weight[1 - y], bias[y] - bias[1 - y]
+
+
+def noisy_linear_accuracy(defence: NoisyDefence, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per point, the exact probability that one draw of `noisy_linear_toy`'s defence classifies it correctly:
+    the margin d.x + c plus noise is N(d.x + c, sigma^2 ||d||^2), so Phi((d.x + c) / (sigma ||d||))."""
+    d, c = _difference(defence, y)
+    margin = (x.flatten(1) * d).sum(1) + c
+    return torch.special.ndtr(margin / (defence.params.sigma * d.norm(dim=1)))
+
+
+def noisy_linear_optimum(defence: NoisyDefence, x: torch.Tensor, y: torch.Tensor, eps: float,
+                         norm: str = "Linf") -> torch.Tensor:
+    """Per point, the minimum of `noisy_linear_accuracy` over the eps-ball (the box not binding): the margin
+    falls by at most eps ||d||_dual (L1 for Linf, L2 for L2)."""
+    d, c = _difference(defence, y)
+    dual = d.abs().sum(1) if norm == "Linf" else d.norm(dim=1)
+    margin = (x.flatten(1) * d).sum(1) + c - eps * dual
+    return torch.special.ndtr(margin / (defence.params.sigma * d.norm(dim=1)))
 
 
 def digits8(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:

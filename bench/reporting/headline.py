@@ -7,7 +7,12 @@ includes the clean judgements (robust only if also clean-correct) and, where the
 attack (its own accuracy is shown beside it). Where `adaptive` runs beside other attacks, the row also checks the
 recommended attack (`AdaptiveCheck`): how many examples the other attacks broke that `adaptive` did not, per
 example and by the worst case's own rule (an example counts where another attack's judgement is below
-adaptive's, clean judgements included); 0 is the goal.
+adaptive's, clean judgements included); 0 is the goal. Where the judgements are single-draw rates of K draws
+(stochastic defences under `decision: single`), an example counts only where the difference is significant for
+that example: a one-sided Fisher exact test of adaptive's correct draws against another attack's at the
+diagnostics' level `alpha` (0.01) divided by the number of other attacks (Bonferroni), and the count only where
+it exceeds what that per-example level gives by chance on n examples (exact binomial tail <= alpha), so attacks
+equally strong up to draw noise give 0; the expected single-draw shortfall is shown beside it.
 
 Naive settings (a cell may be in several): classifier-only (`target: classifier`), CE-only (`loss: ce`, or an
 AutoAttack whose components are all CE), single-pass (no EOT, `eot` <= 1, on a stochastic defence) and BPDA.
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from attacks.diagnostics import Budget
+from attacks.exact_tests import binomial_upper_tail, fisher_greater
 from bench.reporting import fmt
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.tables import Table
@@ -27,6 +34,7 @@ from bench.reporting.worst_case import WorstCase, combine, group_key, judged, mi
 from bench.stats import PairedComparison, paired_comparison, spread
 
 ADAPTIVE = "adaptive"
+ALPHA = Budget.alpha  # the diagnostics' significance level, for the per-example test of the adaptive check
 EOT_SETTINGS = ("eot", "eot_iter", "eot_samples")
 
 
@@ -68,10 +76,14 @@ class Overstatement:
 
 @dataclass
 class AdaptiveCheck:
-    """On a headline's examples, what the other attacks broke that `adaptive` did not, by the worst case's rule:
-    per example, adaptive's judgement minus the lower of it and the other attacks' worst case. For 0/1
-    judgements (deterministic defences, majority or worst-of-K decisions) `missed` counts examples; for
-    single-draw rates it is an expected count (`exact` False) over the `examples` where the others are lower."""
+    """On a headline's examples, what the other attacks broke that `adaptive` did not, by the worst case's rule.
+
+    For 0/1 judgements (deterministic defences, majority or worst-of-K decisions) `missed` counts the examples
+    where the other attacks' worst case is 0 and adaptive's 1 (`exact`). For single-draw rates of K draws it counts
+    the examples where adaptive's correct draws exceed some other attack's by a one-sided Fisher exact test at
+    `alpha` / (other attacks), and only where that many exceed what equally strong attacks would give (`chance`
+    <= alpha; else 0); `expected` is then the single-draw shortfall (adaptive's rate minus the lower of it
+    and the others' worst case, summed) over the `examples` where the others are lower at all."""
 
     n: int
     missed: float
@@ -80,20 +92,48 @@ class AdaptiveCheck:
     adaptive_acc: float
     others_acc: float  # the per-example worst case over the other attacks alone
     exact: bool
+    expected: float | None = None
+    chance: float | None = None  # rates: P(at least that many per-example differences | equally strong attacks)
+    alpha: float = ALPHA
 
     def text(self) -> str:
-        """'0 of 50', '3 of 50 (aa 2, pgd_eot 1)', or for rates '1.50 of 50 over 4 example(s) (single-draw
-        rates: ...)'."""
-        number = (lambda v: str(round(v))) if self.exact else (lambda v: f"{v:.2f}")
-        missed = [f"{attack} {number(amount)}" for attack, amount in self.by_attack.items() if amount > 0]
+        """'0 of 50', '3 of 50 (aa 2, pgd_eot 1)', or for rates '1 of 50 beyond noise (pgd_eot 1; per-example
+        Fisher test at 0.01; expected single-draw shortfall 3.75 over 17 example(s))'."""
+        missed = [f"{attack} {round(amount)}" for attack, amount in self.by_attack.items() if amount > 0]
         if self.exact:
-            return f"{number(self.missed)} of {self.n}" + (f" ({', '.join(missed)})" if missed else "")
-        detail = f" (single-draw rates: {', '.join(missed)})" if missed else " (single-draw rates)"
-        return f"{number(self.missed)} of {self.n} over {self.examples} example(s){detail}"
+            return f"{round(self.missed)} of {self.n}" + (f" ({', '.join(missed)})" if missed else "")
+        detail = ([", ".join(missed)] if missed else []) + [
+            f"per-example Fisher test at {self.alpha:g}, chance p = {self.chance:.2g}",
+            f"expected single-draw shortfall {self.expected:.2f} over {self.examples} example(s)"]
+        return f"{round(self.missed)} of {self.n} beyond noise ({'; '.join(detail)})"
 
 
 def _shortfall(mine: list[float], theirs: list[float]) -> float:
     return sum(a - min(a, t) for a, t in zip(mine, theirs, strict=True))
+
+
+def _draws(cell: CellResult) -> int:
+    return max(1, int((cell.record or {}).get("draws") or 1))
+
+
+def beyond_noise(mine: list[float], draws: int, columns: dict[str, tuple[list[float], int]],
+                 alpha: float = ALPHA) -> tuple[int, dict[str, int], float]:
+    """Examples where adaptive's single-draw rate (of `draws`) is above some other attack's (`columns`: attack ->
+    (rates, its draws)) by a one-sided Fisher exact test at level alpha / len(columns), the count per attack, and
+    the chance of that many such examples if every attack were equally strong (Binomial(n, level) upper tail: the
+    per-example test's false-alarm rate is at most its level). Counts that chance explains (tail > alpha) are 0."""
+    level = alpha / max(1, len(columns))
+    by_attack, flagged = dict.fromkeys(columns, 0), 0
+    for i, rate in enumerate(mine):
+        hits = [attack for attack, (column, theirs) in columns.items() if column[i] < rate and fisher_greater(
+            round(rate * draws), draws, round(column[i] * theirs), theirs) <= level]
+        for attack in hits:
+            by_attack[attack] += 1
+        flagged += bool(hits)
+    chance = binomial_upper_tail(flagged, len(mine), level)
+    if chance > alpha:
+        return 0, dict.fromkeys(columns, 0), chance
+    return flagged, by_attack, chance
 
 
 def adaptive_check(worst: WorstCase, adaptive: CellResult | None) -> AdaptiveCheck | None:
@@ -105,9 +145,16 @@ def adaptive_check(worst: WorstCase, adaptive: CellResult | None) -> AdaptiveChe
     theirs = minimum(others, worst.index)
     columns = {c.attack: judged(c, worst.index) for c in others}
     exact = all(v in (0.0, 1.0) for v in (*mine, *(v for column in columns.values() for v in column)))
-    return AdaptiveCheck(n=worst.n, missed=_shortfall(mine, theirs), examples=sum(t < a for t, a in zip(
-        theirs, mine, strict=True)), by_attack={a: _shortfall(mine, c) for a, c in columns.items()},
-        adaptive_acc=sum(mine) / worst.n, others_acc=sum(theirs) / worst.n, exact=exact)
+    lower = sum(t < a for t, a in zip(theirs, mine, strict=True))
+    common = {"n": worst.n, "examples": lower, "adaptive_acc": sum(mine) / worst.n,
+              "others_acc": sum(theirs) / worst.n}
+    if exact:
+        return AdaptiveCheck(missed=_shortfall(mine, theirs), by_attack={a: _shortfall(mine, c) for a, c in
+                                                                         columns.items()}, exact=True, **common)
+    significant, by_attack, chance = beyond_noise(mine, _draws(adaptive), {c.attack: (columns[c.attack], _draws(c))
+                                                                            for c in others})
+    return AdaptiveCheck(missed=significant, by_attack=by_attack, exact=False, expected=_shortfall(mine, theirs),
+                         chance=chance, **common)
 
 
 @dataclass
@@ -227,9 +274,12 @@ def headline_table(items: list[Headline]) -> Table:
              "adaptive alone: the `adaptive` attack's accuracy on the same examples, where the grid runs it.",
              "broken by others, not by adaptive: per example, adaptive's judgement minus the lower of it and the "
              "other attacks' worst case (clean judgements included, as in the worst case), summed: for 0/1 "
-             "judgements the examples other attacks broke and adaptive did not, for single-draw rates an expected "
-             "count; in brackets each attack's own share. 0 means the recommended attack alone reaches the worst "
-             "case.",
+             "judgements the examples other attacks broke and adaptive did not; for single-draw rates of K draws "
+             "only the examples where adaptive's correct draws exceed another attack's by a one-sided Fisher exact "
+             f"test at {ALPHA:g} / (other attacks), counted where more such examples than chance gives (exact "
+             f"binomial tail <= {ALPHA:g}; draw noise alone gives 0), with the expected single-draw shortfall "
+             "beside it; in brackets each attack's own share. 0 means the recommended attack alone reaches the "
+             "worst case.",
              "Hover a number (or see 'Cell settings' below) for every attack's budget."]
     return Table("Headline: clean accuracy and the per-example worst case over every attack", HEADLINE_COLUMNS,
                  rows, notes=notes, label="headline", left_columns=4, tooltips=tips)
