@@ -59,7 +59,8 @@ FIRST_CHECKPOINT, CHECKPOINT_DECREASE, MIN_CHECKPOINT = 0.22, 0.03, 0.06
 APGD_NORMS = ("Linf", "L2", "L1")
 # l1-APGD: checkpoints every 4% of the steps, a first sparsity of 20%, a support shrinking by 5% counts as sparser,
 # the new sparsity is the support / 1.5, the step size shrinks by 1.5 down to eps / 10
-L1_CHECKPOINT, L1_FIRST_TOPK, L1_SPARSER, L1_TOPK_DIVISOR, L1_STEP_DIVISOR, L1_MIN_STEP = 0.04, 0.2, 0.95, 1.5, 1.5, 10.0
+L1_CHECKPOINT, L1_FIRST_TOPK, L1_SPARSER = 0.04, 0.2, 0.95
+L1_TOPK_DIVISOR, L1_STEP_DIVISOR, L1_MIN_STEP = 1.5, 1.5, 10.0
 L1_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))  # (radius / eps, share of the steps) of AutoAttack's L1 stages
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

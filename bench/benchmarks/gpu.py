@@ -103,7 +103,7 @@ def scaled_attack(name: str, scale: int, **extra: Any) -> attacks.Attack:
     """Attack `name` at 1/scale of its step-like budgets (at least 1 each)."""
     defaults = {f.name: f.default for f in fields(attacks.REGISTRY.get_class(name))}
     budget = {k: max(1, int(defaults[k]) // scale) for k in STEP_FIELDS if isinstance(defaults.get(k), int)}
-    if "target_classes" in defaults:
+    if isinstance(defaults.get("target_classes"), int):
         budget["target_classes"] = min(int(defaults["target_classes"]), CIFAR10.num_classes - 1)
     return attacks.build(name, eps=CIFAR10.eps, norm="Linf", **{**budget, **extra})
 
