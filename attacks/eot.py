@@ -95,7 +95,7 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
 @dataclass
 class EOTPGD(Attack):
     """PGD+EOT (Lee & Kim 2023 defaults). `step_size=None`: 0.007 under Linf; under L2 and L1 the same fraction of
-    eps (0.007 / (8/255) * eps); under L1 a step moves the fraction `l1_top` of the coordinates (None: 1%, as in
+    eps (0.007 / (8/255) * eps); under L1 a step moves the fraction `l1_top` of the coordinates (None: 5%, as in
     attacks.gradient). With `keep_best` each example keeps its best iterate instead of the final one (the
     paper uses the final one): judged by the EOT samples on a deterministic model, by `selection_draws` fresh
     passes per iterate on a stochastic one. `loss`: ce (the paper's), margin or dlr.

@@ -1,8 +1,8 @@
 """First-order white-box attacks: FGSM, PGD and CW-k (PGD on the margin loss); Linf, L2 and L1, random start, restarts.
 
-Under L1 a step moves the fraction `l1_top` of the coordinates (default 1%, at least one) of largest |gradient|
-that the box lets move, by sign(gradient) and equal shares of the step (attacks.l1: l1_top = 0 is the single
-steepest coordinate, the exact L1 steepest ascent), and every iterate is projected exactly onto the L1 ball
+Under L1 a step moves the fraction `l1_top` of the coordinates (default 5%, at least one) of largest |gradient|
+that the box lets move, along the gradient restricted to them at unit L1 norm (attacks.l1: l1_top = 0 is the
+single steepest coordinate, the exact L1 steepest ascent), and every iterate is projected exactly onto the L1 ball
 intersected with the box.
 
 Stochastic models (`model.stochastic`): nothing is decided from one noisy forward pass. PGD keeps each
@@ -27,7 +27,7 @@ from attacks.l1 import l1_random_start, l1_steepest_ascent
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
 
-L1_TOP = 0.01  # the fraction of the coordinates an L1 step moves, when `l1_top` is None
+L1_TOP = 0.05  # the fraction of the coordinates an L1 step moves, when `l1_top` is None
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -105,7 +105,7 @@ class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps (normalised step for L2).
 
     One gradient, no selection: the same on deterministic and stochastic models. Under L1 the step of size eps
-    is shared by the fraction `l1_top` of the coordinates (None: 1%)."""
+    is shared by the fraction `l1_top` of the coordinates (None: 5%)."""
 
     loss: str = "ce"
     l1_top: float | None = None
@@ -129,7 +129,7 @@ class PGD(Attack):
     found on the way) and later restarts skip it; without it, the final iterate of each restart is used, as in
     the classic formulation. On a stochastic model (see the module docstring) each restart's final iterate is
     kept and restarts compete by `selection_draws` fresh passes; `keep_best` does not apply there.
-    Under L1 each step moves the fraction `l1_top` of the coordinates (None: 1%; see the module docstring).
+    Under L1 each step moves the fraction `l1_top` of the coordinates (None: 5%; see the module docstring).
     """
 
     code_version = "2"

@@ -11,9 +11,13 @@ sum_i min(max(|d_i| - lam, 0), room_i) = eps, a piecewise-linear decreasing func
 size), so that the stored points are inside the ball of radius eps exactly, not only up to rounding.
 
 Steepest ascent: under L1 the exact steepest-ascent direction is one coordinate, the one of largest |gradient|;
-at the box that coordinate may not move, so the direction here is the sign of the gradient on the `k` coordinates
-of largest |gradient| among those the box lets move in the gradient's direction, each 1/k (unit L1 norm). k = 1 is
-the exact direction; a small fraction of the coordinates (SLIDE, Tramer & Boneh 2019) moves faster on images.
+at the box that coordinate may not move, so the direction here is the gradient restricted to the `k` coordinates of
+largest |gradient| among those the box lets move in the gradient's direction, scaled to unit L1 norm. k = 1 is the
+exact direction; a few percent of the coordinates move faster (SLIDE, Tramer & Boneh 2019, steps on several
+coordinates). The gradient's magnitudes are kept, not only its signs: on a linear model the only fixed point of
+projected ascent with such steps is the L1 optimum, while equal sign shares stall wherever the ball's uniform
+shrinkage balances them (PGD-100 on a binary linear model on digits, L1 eps 2, n = 200: 24 robust points with
+magnitudes, the exact count, against 26 with signs on 5% of the coordinates and 35 with one coordinate).
 """
 
 from __future__ import annotations
@@ -84,12 +88,13 @@ def top_coordinates(dimension: int, fraction: float) -> int:
 
 
 def l1_steepest_ascent(grad: torch.Tensor, x_adv: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Unit-L1 direction: sign(grad) / k on the k = top_coordinates(d, fraction) coordinates of largest |grad| that
-    the [0, 1] box lets move in grad's direction (a coordinate at 1 cannot rise, one at 0 cannot fall)."""
+    """Unit-L1 direction: grad on the k = top_coordinates(d, fraction) coordinates of largest |grad| that the [0, 1]
+    box lets move in grad's direction (a coordinate at 1 cannot rise, one at 0 cannot fall), over its L1 norm."""
     flat, point = grad.flatten(1), x_adv.flatten(1)
     blocked = ((flat > 0) & (point >= 1)) | ((flat < 0) & (point <= 0)) | (flat == 0)
     score = flat.abs().masked_fill(blocked, -1.0)
     k = top_coordinates(flat.shape[1], fraction)
     chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, score.topk(k, dim=1).indices, True) & ~blocked
-    direction = flat.sign() * chosen
-    return (direction / direction.abs().sum(1, keepdim=True).clamp_min(1)).view_as(grad)
+    direction = flat * chosen
+    size = direction.abs().sum(1, keepdim=True)
+    return (direction / torch.where(size > 0, size, torch.ones_like(size))).view_as(grad)
