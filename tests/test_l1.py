@@ -126,7 +126,8 @@ def test_greedy_gain_is_the_linear_programs_optimum():
                 bounds=[(0, 1 - v) for v in centre] + [(0, v) for v in centre], method="highs")
             assert -result.fun == pytest.approx(gain[row].item(), abs=1e-9)
             assert float(c @ move[row].numpy()) == pytest.approx(gain[row].item(), abs=1e-12)
-        assert (move.abs().sum(1) <= eps + 1e-12).all() and ((x + move) >= -1e-12).all() and ((x + move) <= 1 + 1e-12).all()
+        moved = x + move
+        assert (move.abs().sum(1) <= eps + 1e-12).all() and (moved >= -1e-12).all() and (moved <= 1 + 1e-12).all()
 
 
 def shared_geometry(monkeypatch):
@@ -219,7 +220,8 @@ def test_no_l1_attack_goes_below_the_exact_robust_accuracy(data, linear, name):
     # none can break a point that is exactly robust, and every output is in the ball and the box
     model, (_, _, x, y) = linear["binary"], data
     y = labels_for("binary", y)
-    budget = {"square": {"square_queries": 50}, "randaa": {"apgd_steps": 10, "eot": 1, "attacks": ["apgd-ce"]}}.get(name, {})
+    budget = {"square": {"square_queries": 50},
+              "randaa": {"apgd_steps": 10, "eot": 1, "attacks": ["apgd-ce"]}}.get(name, {})
     exact = exact_robust(model, x, y, 1.0)
     robust = robust_after(attacks.build(name, eps=1.0, norm="L1", **budget), model, x, y)
     assert not (exact & ~robust).any()
