@@ -104,8 +104,11 @@ class AutoAttackBase(Attack):
                              f"norm={self.norm!r}, apgd_steps={self.apgd_steps}; set it to false or null otherwise")
 
     def _resolve_norm_defaults(self) -> None:
-        """Settings left at None take their norm's default (NORM_DEFAULTS, the class's `l1_defaults` under L1)."""
+        """Settings left at None take their norm's default (NORM_DEFAULTS, the class's `l1_defaults` under L1);
+        the L1 schedule's default is off below 3 APGD steps (one per stage)."""
         l1 = self.l1_defaults if self.norm == "L1" else {}
+        if self.apgd_l1_schedule is None and self.apgd_steps < 3:  # too few steps for a stage each: no schedule
+            self.apgd_l1_schedule = False
         targets_given = self.target_classes is not None
         for name, default in NORM_DEFAULTS.items():
             if getattr(self, name) is None:

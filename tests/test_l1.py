@@ -243,13 +243,14 @@ def test_l1_autoattack_takes_autoattacks_l1_settings():
     assert (linf.apgd_restarts, linf.target_classes, linf.fab_target_classes, linf.apgd_l1_schedule) == (1, 9, 9, False)
     given = attacks.build("aa", eps=1.0, norm="L1", apgd_restarts=2, target_classes=3)
     assert (given.apgd_restarts, given.target_classes, given.fab_target_classes) == (2, 3, 3)
+    assert attacks.build("aa", eps=1.0, norm="L1", apgd_steps=2).apgd_l1_schedule is False  # a stage per step
 
 
 @pytest.mark.parametrize(("name", "settings", "message"), [
     ("pgd", {"norm": "Linf", "l1_top": 0.1}, "l1_top=0.1 applies to norm L1 only"),
     ("pgd_eot", {"norm": "L1", "l1_top": 1.5}, "l1_top must be in"),
     ("aa", {"norm": "Linf", "apgd_l1_schedule": True}, "apgd_l1_schedule .* needs norm L1"),
-    ("aa", {"norm": "L1", "apgd_steps": 2}, "apgd_steps >= 3"),
+    ("aa", {"norm": "L1", "apgd_steps": 2, "apgd_l1_schedule": True}, "apgd_steps >= 3"),
     ("pgd", {"norm": "L0"}, "valid: Linf, L2, L1"),
 ])
 def test_bad_l1_settings_are_named(name, settings, message):
