@@ -267,3 +267,12 @@ def test_the_threat_model_check_measures_l1():
     outside[:, :, 1, 0] += 0.01
     with pytest.raises(ThreatModelViolation, match="L1 perturbation 1.01"):
         check_threat_model(x, outside, 1.0, "L1")
+
+
+def test_the_l1_scenario_is_the_digits_one_under_l1():
+    from bench.config import load_scenario
+
+    digits, l1 = load_scenario("digits"), load_scenario("digits_l1")
+    assert (l1.norm, l1.eps) == ("L1", 8.0)
+    assert (l1.dataset, l1.classifier, l1.defence_defaults) == (digits.dataset, digits.classifier,
+                                                                digits.defence_defaults)
