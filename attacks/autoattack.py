@@ -247,8 +247,10 @@ class Candidate:
 
 @dataclass
 class AutoAttackStandard(AutoAttackBase):
-    """AutoAttack version='standard' (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000; under L1
-    AutoAttack's L1 standard: 5 APGD-CE restarts, 5 APGD-T targets, both with the L1 eps schedule, FAB-T 9 targets."""
+    """AutoAttack version='standard' (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000.
+
+    Under L1 AutoAttack's L1 standard: 5 APGD-CE restarts, 5 APGD-T targets, both with the L1 eps schedule, FAB-T
+    9 targets."""
 
     l1_defaults: ClassVar[dict[str, Any]] = {"apgd_restarts": 5, "target_classes": 5, "fab_target_classes": 9,
                                              "apgd_l1_schedule": True}
@@ -256,8 +258,9 @@ class AutoAttackStandard(AutoAttackBase):
 
 @dataclass
 class AutoAttackRand(AutoAttackBase):
-    """AutoAttack version='rand', for randomised defences: APGD-CE + APGD-DLR, 100 steps, EOT 20 (under L1 without the
-    L1 eps schedule, as pyautoattack's rand version)."""
+    """AutoAttack version='rand', for randomised defences: APGD-CE + APGD-DLR, 100 steps, EOT 20.
+
+    Under L1 without the L1 eps schedule, as pyautoattack's rand version."""
 
     l1_defaults: ClassVar[dict[str, Any]] = {"apgd_l1_schedule": False}
 
