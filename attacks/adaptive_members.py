@@ -64,8 +64,8 @@ def skip_reasons(members: list[str], model: nn.Module, x: torch.Tensor, num_clas
         reasons["pgd"] = "the defence has no purifier (a classifier-only attack would be the end-to-end one)"
     elif getattr(model, "classifier", None) is None:
         reasons["pgd"] = "the defence has no .classifier to transfer a classifier-only attack from"
-    if norm == "L2" and min(x.shape[-2:]) < 5:
-        reasons["square"] = f"pyautoattack's L2 Square needs images of at least 5x5, got {tuple(x.shape[-2:])}"
+    if norm in ("L2", "L1") and min(x.shape[-2:]) < 5:
+        reasons["square"] = f"pyautoattack's {norm} Square needs images of at least 5x5, got {tuple(x.shape[-2:])}"
     return {m: r for m, r in reasons.items() if m in members}
 
 

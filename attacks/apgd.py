@@ -5,8 +5,19 @@ deterministic model with the same seed): a random start in the eps-ball, a first
 0.75 after it, and at the checkpoints p_j (the first after 22% of the steps, then each interval 3% shorter, down to
 6%) the step size of an example is halved, and it restarts from its highest-loss point, when fewer than `rho` of the
 steps since the last checkpoint increased its loss, or when its step size was not halved last time and its best
-loss did not improve since. Norms Linf and L2; losses `ce`, `dlr` (untargeted) and `dlr-targeted` (the targeted DLR
-of APGD-T, with `y_target`).
+loss did not improve since. Norms Linf, L2 and L1; losses `ce`, `dlr` (untargeted) and `dlr-targeted` (the targeted
+DLR of APGD-T, with `y_target`).
+
+L1 is l1-APGD (Croce & Hein 2021, "Mind the box"; pyautoattack's `norm='L1'`): a Gaussian start projected onto the
+L1 ball intersected with the [0, 1] box, and a sparse step without momentum: the sign of the gradient on the
+coordinates of largest |gradient| (a fraction `topk` of them, 20% at first), scaled to L1 size `step_size`
+(eps at first), then the exact projection onto the ball intersected with the box (attacks.l1). Every 4% of the
+steps the sparsity adapts: `topk` becomes the support of the highest-loss point over 1.5 (a fraction of the
+coordinates), and where that support shrank by more than 5% since the last check the step size returns to eps
+and the example restarts from its highest-loss point; elsewhere the step size shrinks by 1.5 (not below eps / 10).
+`l1_schedule` is AutoAttack's L1 schedule (`use_largereps`): the steps split 30/30/40% over radii 3 eps, 2 eps
+and eps, each stage starting from the previous stage's highest-loss point projected into its ball; the candidates
+are the last stage's.
 
 Batched EOT: the `eot` copies of a batch go through the model in chunks of at most `max_batch` examples
 (`attacks.eot.eot_passes`; None = `apgd_max_batch`: `attacks.eot.default_max_batch`, the device's default, raised on
@@ -30,6 +41,7 @@ model one misclassified pass decides nothing, so every example runs every step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,10 +51,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.eot import default_max_batch, eot_passes
+from attacks.l1 import project_l1
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
 MOMENTUM = 0.75
 FIRST_CHECKPOINT, CHECKPOINT_DECREASE, MIN_CHECKPOINT = 0.22, 0.03, 0.06
+APGD_NORMS = ("Linf", "L2", "L1")
+# l1-APGD: checkpoints every 4% of the steps, a first sparsity of 20%, a support shrinking by 5% counts as sparser,
+# the new sparsity is the support / 1.5, the step size shrinks by 1.5 down to eps / 10
+L1_CHECKPOINT, L1_FIRST_TOPK, L1_SPARSER = 0.04, 0.2, 0.95
+L1_TOPK_DIVISOR, L1_STEP_DIVISOR, L1_MIN_STEP = 1.5, 1.5, 10.0
+L1_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))  # (radius / eps, share of the steps) of AutoAttack's L1 stages
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -189,6 +208,16 @@ def checkpoint_lengths(steps: int) -> tuple[int, int, int]:
             max(int(MIN_CHECKPOINT * steps), 1))
 
 
+def l1_checkpoint_interval(steps: int) -> int:
+    return max(int(L1_CHECKPOINT * steps), 1)
+
+
+def l1_schedule_steps(steps: int) -> list[int]:
+    """The steps of each stage of the L1 schedule: 30% and 30% rounded up, the rest for the last."""
+    first = [math.ceil(share * steps) for _, share in L1_SCHEDULE[:-1]]
+    return [*first, steps - sum(first)]
+
+
 def _flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     flat = t.flatten(1)
     size = flat.abs().amax(1) if norm == "Linf" else (flat**2).sum(-1).sqrt()
@@ -200,11 +229,14 @@ def _normalise(t: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """APGD's start: uniform in the Linf ball scaled to its surface, or a Gaussian direction at L2 radius eps.
+    """APGD's start: uniform in the Linf ball scaled to its surface, a Gaussian direction at L2 radius eps, or (L1)
+    x plus Gaussian noise projected onto the L1 ball intersected with the box.
 
     Drawn on the CPU and moved, as pyautoattack does, so that a seed gives the same start on every device.
     """
     noise = 2 * torch.rand(x.shape) - 1 if norm == "Linf" else torch.randn(x.shape)
+    if norm == "L1":
+        return project_l1(x + noise.to(x.device, x.dtype), x, eps)
     return (x + eps * _normalise(noise.to(x.device, x.dtype), norm)).clamp(0.0, 1.0)
 
 
@@ -229,6 +261,23 @@ def momentum_step(x: torch.Tensor, x_adv: torch.Tensor, previous: torch.Tensor, 
     return _project_l2(x, x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum), eps)
 
 
+def support_size(delta: torch.Tensor) -> torch.Tensor:
+    """The number of non-zero coordinates of each example's perturbation (its L0 size)."""
+    return (delta != 0).flatten(1).sum(1)
+
+
+def sparse_step(x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor,
+                topk: torch.Tensor, eps: float) -> torch.Tensor:
+    """l1-APGD's step: sign(grad) on the coordinates whose |grad| reaches the (1 - topk) quantile of the example's
+    |grad|, scaled to L1 size `step_size`, then projected onto the L1 ball intersected with the box."""
+    size = grad.abs().flatten(1)
+    features = size.shape[1]
+    rank = ((1.0 - topk) * features).clamp(0, features - 1).long()
+    threshold = size.sort(1).values.gather(1, rank[:, None]).view(-1, *[1] * (x.dim() - 1))
+    signs = torch.sign(grad) * (grad.abs() >= threshold)
+    return project_l1(x_adv + step_size * signs / (signs.abs().flatten(1).sum(1).view_as(threshold) + 1e-10), x, eps)
+
+
 @dataclass
 class APGD:
     """One APGD run (no restarts: a driver runs restarts as rounds on the points still standing)."""
@@ -242,10 +291,14 @@ class APGD:
     max_batch: int | None = None
     stop_when_misclassified: bool = False
     margins: bool = True
+    l1_schedule: bool = False
 
     def __post_init__(self) -> None:
-        if self.norm not in ("Linf", "L2"):
-            raise ValueError(f"APGD norm={self.norm!r} is not valid; valid: Linf, L2")
+        if self.norm not in APGD_NORMS:
+            raise ValueError(f"APGD norm={self.norm!r} is not valid; valid: {', '.join(APGD_NORMS)}")
+        if self.l1_schedule and (self.norm != "L1" or self.steps < len(L1_SCHEDULE)):
+            raise ValueError(f"APGD l1_schedule needs norm L1 and steps >= {len(L1_SCHEDULE)} (one per stage), got "
+                             f"norm={self.norm!r}, steps={self.steps}")
         if self.loss not in APGD_LOSSES:
             raise ValueError(f"APGD loss={self.loss!r} is not valid; valid: {', '.join(APGD_LOSSES)}")
         if min(self.steps, self.eot) < 1 or (self.max_batch is not None and self.max_batch < 1):
@@ -260,26 +313,37 @@ class APGD:
             y_target: torch.Tensor | None = None) -> APGDRun:
         """Attack (x, y) from a random start drawn from the torch RNG (seed it for a reproducible run)."""
         x = x.detach()
-        x_adv = random_start(x, self.eps, self.norm)
+        if self.l1_schedule:
+            return self._run_l1_schedule(model, x, y, y_target)
+        return self.run_from(model, x, y, random_start(x, self.eps, self.norm), y_target, given_start=False)
+
+    def _run_l1_schedule(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         y_target: torch.Tensor | None) -> APGDRun:
+        """AutoAttack's L1 schedule: stages of radius 3, 2 and 1 eps, each from the last one's highest-loss point."""
+        point = x + torch.randn(x.shape).to(x.device, x.dtype)
+        point = project_l1(point, x, L1_SCHEDULE[0][0] * self.eps)
+        for (factor, _), steps in zip(L1_SCHEDULE, l1_schedule_steps(self.steps), strict=True):
+            last = factor == L1_SCHEDULE[-1][0]
+            stage = dataclasses.replace(self, eps=factor * self.eps, steps=steps, l1_schedule=False,
+                                        stop_when_misclassified=self.stop_when_misclassified and last)
+            run = stage.run_from(model, x, y, project_l1(point, x, stage.eps), y_target, given_start=True)
+            point = run.highest_loss.x
+        return run
+
+    def run_from(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                 y_target: torch.Tensor | None = None, given_start: bool = True) -> APGDRun:
+        """Attack (x, y) from `x_adv`, a point of the threat model (`given_start`: not APGD's own random start,
+        which under L1 sets the first sparsity from the start's support instead of 20%)."""
+        x, x_adv = x.detach(), x_adv.detach().clamp(0.0, 1.0)
         out = {"highest_loss": x_adv.clone(), "least_correct": x_adv.clone()}
         out.update({name: torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) for name in
                     ("best_loss", "best_rate", "best_margin", "adv_rate", "adv_margin")})
-        s = {"x": x, "y": y, "index": torch.arange(x.shape[0], device=x.device)}
-        if self.norm == "Linf":
-            s.update(low=x - self.eps, high=x + self.eps)
-        if y_target is not None:
-            s["y_target"] = y_target
-        first = self.estimate(model, x_adv, s)
-        s.update(x_adv=x_adv, previous=x_adv.clone(), grad=first.grad, grad_best=first.grad.clone(),
-                 x_best=x_adv.clone(), loss_best=first.loss.clone(), best_rate=first.correct_rate.clone(),
-                 best_margin=first.margin.clone(), least_correct=x_adv.clone(),
-                 adv_rate=first.correct_rate.clone(), adv_margin=first.margin.clone(),
-                 step_size=torch.full((x.shape[0], *[1] * (x.dim() - 1)), 2.0 * self.eps, device=x.device,
-                                      dtype=x.dtype),
-                 loss_steps=torch.zeros(x.shape[0], self.steps, device=x.device, dtype=x.dtype),
-                 best_at_last_check=first.loss.clone(), reduced_at_last_check=torch.ones_like(first.loss))
+        s = self._initial_state(model, x, y, x_adv, y_target, given_start)
         s = self._retire_misclassified(s, out)
-        interval, decrease, minimum = checkpoint_lengths(self.steps)
+        if self.norm == "L1":
+            interval = decrease = minimum = l1_checkpoint_interval(self.steps)
+        else:
+            interval, decrease, minimum = checkpoint_lengths(self.steps)
         since_check = 0
         for i in range(self.steps):
             if s["x"].shape[0] == 0:
@@ -295,10 +359,40 @@ class APGD:
                        least_correct=Candidate(out["least_correct"], out["adv_rate"], out["adv_margin"]),
                        best_loss=out["best_loss"])
 
+    def _initial_state(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                       y_target: torch.Tensor | None, given_start: bool) -> dict[str, torch.Tensor]:
+        """Every per-example quantity of a run at its start (a dict, so that finished examples can be dropped)."""
+        s = {"x": x, "y": y, "index": torch.arange(x.shape[0], device=x.device)}
+        if self.norm == "Linf":
+            s.update(low=x - self.eps, high=x + self.eps)
+        if y_target is not None:
+            s["y_target"] = y_target
+        first = self.estimate(model, x_adv, s)
+        s.update(x_adv=x_adv, previous=x_adv.clone(), grad=first.grad, grad_best=first.grad.clone(),
+                 x_best=x_adv.clone(), loss_best=first.loss.clone(), best_rate=first.correct_rate.clone(),
+                 best_margin=first.margin.clone(), least_correct=x_adv.clone(),
+                 adv_rate=first.correct_rate.clone(), adv_margin=first.margin.clone(),
+                 step_size=torch.full((x.shape[0], *[1] * (x.dim() - 1)), (1.0 if self.norm == "L1" else 2.0)
+                                      * self.eps, device=x.device, dtype=x.dtype),
+                 loss_steps=torch.zeros(x.shape[0], self.steps, device=x.device, dtype=x.dtype),
+                 best_at_last_check=first.loss.clone(), reduced_at_last_check=torch.ones_like(first.loss))
+        if self.norm == "L1":  # the sparsity (a fraction of the coordinates; float32 as in pyautoattack)
+            features = x[0].numel()
+            if given_start:
+                support = support_size(x_adv - x)
+                s.update(topk=support / features / L1_TOPK_DIVISOR, support_at_last_check=support.float())
+            else:
+                s.update(topk=torch.full((x.shape[0],), L1_FIRST_TOPK, device=x.device),
+                         support_at_last_check=torch.full((x.shape[0],), float(features), device=x.device))
+        return s
+
     def _step(self, model: nn.Module, s: dict[str, torch.Tensor], i: int) -> None:
-        momentum = MOMENTUM if i > 0 else 1.0
-        x_adv = momentum_step(s["x"], s["x_adv"], s["previous"], s["grad"], s["step_size"], self.eps, self.norm,
-                              momentum, (s["low"], s["high"]) if self.norm == "Linf" else None)
+        if self.norm == "L1":
+            x_adv = sparse_step(s["x"], s["x_adv"], s["grad"], s["step_size"], s["topk"], self.eps)
+        else:
+            momentum = MOMENTUM if i > 0 else 1.0
+            x_adv = momentum_step(s["x"], s["x_adv"], s["previous"], s["grad"], s["step_size"], self.eps,
+                                  self.norm, momentum, (s["low"], s["high"]) if self.norm == "Linf" else None)
         s["previous"], s["x_adv"] = s["x_adv"], x_adv
         now = self.estimate(model, x_adv, s)
         s["grad"] = now.grad
@@ -317,6 +411,9 @@ class APGD:
 
     def _checkpoint(self, s: dict[str, torch.Tensor], i: int, interval: int) -> None:
         """Halve the step and restart from the best point where the loss oscillated or stalled since last time."""
+        if self.norm == "L1":
+            self._l1_checkpoint(s)
+            return
         history = s["loss_steps"]
         # pyautoattack reads one step before the first (index -1, i.e. a not yet written zero) at the first check
         increases = sum((history[:, i - c] > history[:, i - c - 1]).float() for c in range(interval))
@@ -330,6 +427,19 @@ class APGD:
             s["x_adv"] = s["x_adv"].clone()
             s["x_adv"][chosen] = s["x_best"][chosen]
             s["grad"][chosen] = s["grad_best"][chosen]
+
+    def _l1_checkpoint(self, s: dict[str, torch.Tensor]) -> None:
+        """Adapt the sparsity to the best point's support; where it got sparser, restart there at full step size."""
+        support = support_size(s["x_best"] - s["x"])
+        sparser = support / s["support_at_last_check"] < L1_SPARSER
+        s["topk"] = support / s["x"][0].numel() / L1_TOPK_DIVISOR
+        per_example = sparser.view(-1, *[1] * (s["x"].dim() - 1))
+        s["step_size"] = torch.where(per_example, self.eps, s["step_size"] / L1_STEP_DIVISOR).clamp(
+            self.eps / L1_MIN_STEP, self.eps)
+        s["support_at_last_check"] = support.float()
+        if sparser.any():
+            s["x_adv"] = torch.where(per_example, s["x_best"], s["x_adv"])
+            s["grad"] = torch.where(per_example, s["grad_best"], s["grad"])
 
     def _retire_misclassified(self, s: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict:
         if not self.stop_when_misclassified:

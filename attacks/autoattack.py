@@ -29,12 +29,19 @@ On a stochastic model the Square component is Square-EOT (attacks/square.py) whe
 above 1: each query judged by the mean margin of that many draws; `square_queries` counts forward passes.
 EOT inside APGD (`eot`) is batched: the copies of a batch in chunked forward/backward passes of at most
 `max_batch` examples (None: the device default of attacks.eot).
+
+Under L1 the components are AutoAttack's L1 version (pyautoattack's `norm='L1'`, Croce & Hein 2021): APGD is
+l1-APGD (attacks.apgd) with, by default, the L1 eps schedule (`apgd_l1_schedule`: radii 3, 2, 1 eps over 30/30/40%
+of the steps), FAB-T and Square their L1 versions; `aa` takes AutoAttack's L1 standard budgets, 5 APGD-CE
+restarts and 5 APGD-T target classes (FAB-T keeps 9), and `randaa` the rand version's (one restart, no
+schedule, EOT 20). Settings left at None take these norm-dependent defaults; a value given explicitly is kept.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +57,10 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 RAND = ("apgd-ce", "apgd-dlr")
 APGD_LOSS = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}
 LOG = logging.getLogger("auto-attack")
+# The settings whose default depends on the norm (None in the dataclass): outside L1, and under L1 where a class
+# names no L1 value of its own (`l1_defaults`). fab_target_classes left at None follows target_classes (under L1,
+# where target_classes is left at None too, it takes the class's L1 value: AutoAttack's L1 FAB-T keeps 9 targets).
+NORM_DEFAULTS: dict[str, Any] = {"apgd_restarts": 1, "target_classes": 9, "apgd_l1_schedule": False}
 
 
 def _fork_rng(device: torch.device):
@@ -62,13 +73,16 @@ class AutoAttackBase(Attack):
 
     smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "eot": Budget(1), "square_queries": Budget(10),
                     "apgd_restarts": 1, "fab_restarts": 1, "target_classes": 2, "selection_draws": 2}
+    l1_defaults: ClassVar[dict[str, Any]] = {"apgd_l1_schedule": True}
 
     attacks: list[str] = field(default_factory=lambda: list(STANDARD))
     apgd_steps: int = 100
-    apgd_restarts: int = 1
+    apgd_restarts: int | None = None
     eot: int = 1
     rho: float = 0.75
-    target_classes: int = 9
+    target_classes: int | None = None
+    fab_target_classes: int | None = None
+    apgd_l1_schedule: bool | None = None
     fab_steps: int = 100
     fab_restarts: int = 1
     square_queries: int = 5000
@@ -87,16 +101,35 @@ class AutoAttackBase(Attack):
         if unknown or not self.attacks:
             raise ValueError(f"unknown AutoAttack component(s) {unknown or self.attacks}; "
                              f"valid: {', '.join(AA_ATTACKS)}")
-        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "eot", "target_classes", "fab_steps",
-                                    "fab_restarts", "square_queries", "selection_draws", "batch_size"))
+        self._resolve_norm_defaults()
+        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "eot", "target_classes", "fab_target_classes",
+                                    "fab_steps", "fab_restarts", "square_queries", "selection_draws", "batch_size"))
         require_at_least_one(self, ("square_eot",), optional=True)
         if "square" in self.attacks:
             square_steps(self.square_queries, self.draws_per_square_query)
+        uses_apgd = any(name.startswith("apgd") for name in self.attacks)
+        if self.apgd_l1_schedule and uses_apgd and (self.norm != "L1" or self.apgd_steps < 3):
+            raise ValueError(f"apgd_l1_schedule (AutoAttack's L1 eps schedule) needs norm L1 and apgd_steps >= 3, got "
+                             f"norm={self.norm!r}, apgd_steps={self.apgd_steps}; set it to false or null otherwise")
 
     @property
     def draws_per_square_query(self) -> int:
         """The draws that judge each Square query on a stochastic model (a deterministic one needs one)."""
         return self.square_eot if self.square_eot is not None else self.eot
+
+    def _resolve_norm_defaults(self) -> None:
+        """Settings left at None take their norm's default (NORM_DEFAULTS, the class's `l1_defaults` under L1);
+        the L1 schedule's default is off below 3 APGD steps (one per stage)."""
+        l1 = self.l1_defaults if self.norm == "L1" else {}
+        if self.apgd_l1_schedule is None and self.apgd_steps < 3:  # too few steps for a stage each: no schedule
+            self.apgd_l1_schedule = False
+        targets_given = self.target_classes is not None
+        for name, default in NORM_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, l1.get(name, default))
+        if self.fab_target_classes is None:  # a target_classes given explicitly counts for FAB-T too
+            self.fab_target_classes = self.target_classes if targets_given else l1.get("fab_target_classes",
+                                                                                        self.target_classes)
 
     # --- the driver -----------------------------------------------------------------------------
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,8 +203,9 @@ class AutoAttackBase(Attack):
             if name in self.attacks and num_classes < classes:
                 raise ValueError(f"{name} needs at least {classes} classes, the model has {num_classes}; "
                                  f"drop it from attacks (valid: {', '.join(AA_ATTACKS)})")
-        if "square" in self.attacks and self.norm == "L2" and min(x.shape[-2:]) < 5:
-            raise ValueError(f"pyautoattack's L2 Square needs images of at least 5x5, got {tuple(x.shape[-2:])}")
+        if "square" in self.attacks and self.norm in ("L2", "L1") and min(x.shape[-2:]) < 5:
+            raise ValueError(f"pyautoattack's {self.norm} Square needs images of at least 5x5, got "
+                             f"{tuple(x.shape[-2:])}")
 
     def _rounds(self, name: str, num_classes: int) -> int:
         """APGD restarts and APGD-T target classes are rounds: each one attacks only the surviving points."""
@@ -184,15 +218,15 @@ class AutoAttackBase(Attack):
     def _first_round(self, name: str) -> int:
         return 0
 
-    def _targets(self, num_classes: int) -> int:
-        return max(1, min(self.target_classes, num_classes - 1))
+    def _targets(self, num_classes: int, wanted: int | None = None) -> int:
+        return max(1, min(self.target_classes if wanted is None else wanted, num_classes - 1))
 
     def _run_component(self, name: str, seed: int, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                        num_classes: int, y_target: torch.Tensor | None, stochastic: bool) -> list[Candidate]:
         if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
             apgd = APGD(eps=self.eps, norm=self.norm, steps=self.apgd_steps, loss=APGD_LOSS[name], eot=self.eot,
                         rho=self.rho, max_batch=self.max_batch, stop_when_misclassified=not stochastic,
-                        margins=not stochastic)
+                        margins=not stochastic, l1_schedule=bool(self.apgd_l1_schedule))
             run = apgd.run(model, x, y, y_target)
             if stochastic:  # EOT statistics of the attack's own passes decide nothing: the driver scores
                 return [Candidate(run.least_correct.x), Candidate(run.highest_loss.x)]
@@ -204,7 +238,8 @@ class AutoAttackBase(Attack):
         if name in ("fab", "fab-t"):
             targeted = name == "fab-t"
             fab = FABAttack_PT(model, n_restarts=1 if targeted else self.fab_restarts, n_iter=self.fab_steps,
-                               targeted=targeted, n_target_classes=self._targets(num_classes), verbose=False,
+                               targeted=targeted, n_target_classes=self._targets(num_classes, self.fab_target_classes),
+                               verbose=False,
                                **common)
             return [Candidate(fab.perturb(x, y))]
         draws = self.draws_per_square_query if stochastic else 1
@@ -227,12 +262,22 @@ class Candidate:
 
 @dataclass
 class AutoAttackStandard(AutoAttackBase):
-    """AutoAttack version='standard' (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000."""
+    """AutoAttack version='standard' (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square 5000.
+
+    Under L1 AutoAttack's L1 standard: 5 APGD-CE restarts, 5 APGD-T targets, both with the L1 eps schedule, FAB-T
+    9 targets."""
+
+    l1_defaults: ClassVar[dict[str, Any]] = {"apgd_restarts": 5, "target_classes": 5, "fab_target_classes": 9,
+                                             "apgd_l1_schedule": True}
 
 
 @dataclass
 class AutoAttackRand(AutoAttackBase):
-    """AutoAttack version='rand', for randomised defences: APGD-CE + APGD-DLR, 100 steps, EOT 20."""
+    """AutoAttack version='rand', for randomised defences: APGD-CE + APGD-DLR, 100 steps, EOT 20.
+
+    Under L1 without the L1 eps schedule, as pyautoattack's rand version."""
+
+    l1_defaults: ClassVar[dict[str, Any]] = {"apgd_l1_schedule": False}
 
     attacks: list[str] = field(default_factory=lambda: list(RAND))
     eot: int = 20

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-NORMS = ("Linf", "L2")
+from attacks.l1 import project_l1
+
+NORMS = ("Linf", "L2", "L1")
 TARGETS = ("end_to_end", "classifier")
 # float32 rounding of x + delta: a projected point may sit this far outside the ball.
 THREAT_MODEL_TOLERANCE = 1e-5
@@ -28,6 +30,8 @@ class ThreatModelViolation(AssertionError):
 
 def lp_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1)
+    if norm == "L1":
+        return flat.abs().sum(dim=1)
     return flat.abs().amax(dim=1) if norm == "Linf" else flat.norm(p=2, dim=1)
 
 
@@ -35,8 +39,10 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     """Project x_adv onto the eps-ball around x (in `norm`) intersected with the [0, 1] box.
 
     For L2 the ball projection is followed by the box clamp, which can only shrink the perturbation,
-    so the result stays in both sets.
+    so the result stays in both sets. For L1 it is the exact projection onto the intersection (attacks.l1).
     """
+    if norm == "L1":
+        return project_l1(x_adv, x, eps)
     delta = x_adv - x
     if norm == "Linf":
         delta = delta.clamp(-eps, eps)
@@ -80,7 +86,8 @@ def within_budget(size: float, eps: float) -> bool:
 
 
 def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> None:
-    """Raise ThreatModelViolation unless every x_adv is within eps of x (in `norm`) and inside [0, 1]."""
+    """Raise ThreatModelViolation unless every x_adv is within eps of x (in `norm`: Linf, L2 or L1) and inside
+    [0, 1], the sizes measured exactly (float64) up to THREAT_MODEL_TOLERANCE and a relative 1e-4."""
     if x_adv.shape != x.shape:
         raise ThreatModelViolation(f"adversarial batch has shape {tuple(x_adv.shape)}, inputs {tuple(x.shape)}")
     if not torch.isfinite(x_adv).all():
@@ -88,7 +95,8 @@ def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: s
     low, high = x_adv.min().item(), x_adv.max().item()
     if low < -THREAT_MODEL_TOLERANCE or high > 1 + THREAT_MODEL_TOLERANCE:
         raise ThreatModelViolation(f"adversarial batch leaves [0, 1]: min {low:.6g}, max {high:.6g}")
-    sizes = lp_norms((x_adv - x).float(), norm)
+    # in float64 the difference of two float32 points is exact and an L1 sum of d terms rounds by ~d * 1e-16
+    sizes = lp_norms(x_adv.double() - x.double(), norm)
     worst = sizes.max().item() if sizes.numel() else 0.0
     if not within_budget(worst, eps):
         raise ThreatModelViolation(f"{norm} perturbation {worst:.6g} exceeds eps {eps:.6g}")

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import require_at_least_one
+from attacks.base import NORMS, require_at_least_one
 from attacks.diagnostic_evidence import (
     Flag,
     Rule,
@@ -75,10 +75,10 @@ __all__ = ["FLAGS", "Budget", "DiagnosticReport", "Flag", "check_loss_masking", 
 @dataclass
 class Budget:
     """What the diagnostics spend. None means: eot 1 / draws 1 for deterministic models, 10 / 8 otherwise;
-    eps_max 0.95 under Linf and 0.95 * sqrt(input size) under L2; step size 2.5 * eps / steps. `loss` is the
-    evaluated attack's (ce, margin or dlr); the masking check adds the other family. A flag needs its test
-    significant at `alpha` and at least `min_count` evidence-bearing examples (for zero gradients also
-    `min_fraction` of n); the still-falling checks also an accuracy drop above `tolerance`."""
+    eps_max 0.95 under Linf, 0.95 * sqrt(input size) under L2 and 0.95 * input size under L1; step size
+    2.5 * eps / steps. `loss` is the evaluated attack's (ce, margin or dlr); the masking check adds the other
+    family. A flag needs its test significant at `alpha` and at least `min_count` evidence-bearing examples (for
+    zero gradients also `min_fraction` of n); the still-falling checks also an accuracy drop above `tolerance`."""
 
     steps: int = 20
     step_size: float | None = None
@@ -213,8 +213,8 @@ def _loss_masking_flag(runner: _Runner, eps: float, steps: int, eot: int, n: int
 
 
 def _check_inputs(eps: float, norm: str) -> None:
-    if norm not in ("Linf", "L2"):
-        raise ValueError(f"norm={norm!r} is not supported; valid: Linf, L2")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not supported; valid: {', '.join(NORMS)}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
 
@@ -246,7 +246,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     x, y = x.detach(), y.detach()
     stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
     eot, draws = _eot_and_draws(settings, stochastic)
-    eps_max = settings.eps_max or (0.95 if norm == "Linf" else 0.95 * math.sqrt(x[0].numel()))
+    eps_max = settings.eps_max or 0.95 * {"Linf": 1.0, "L2": math.sqrt(x[0].numel()), "L1": x[0].numel()}[norm]
     model, connected, num_classes = with_gradient_path(model, x, stochastic)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})

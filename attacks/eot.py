@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, Budget, project
-from attacks.gradient import BestPoints, check_selection_draws, is_stochastic, random_start, steepest_ascent
+from attacks.gradient import (
+    BestPoints,
+    check_l1_top,
+    check_selection_draws,
+    is_stochastic,
+    random_start,
+    steepest_ascent,
+)
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
 
@@ -87,8 +94,9 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eot: int, l
 
 @dataclass
 class EOTPGD(Attack):
-    """PGD+EOT (Lee & Kim 2023 defaults). `step_size=None`: 0.007 under Linf; under L2 the same fraction of eps
-    (0.007 / (8/255) * eps). With `keep_best` each example keeps its best iterate instead of the final one (the
+    """PGD+EOT (Lee & Kim 2023 defaults). `step_size=None`: 0.007 under Linf; under L2 and L1 the same fraction of
+    eps (0.007 / (8/255) * eps); under L1 a step moves the fraction `l1_top` of the coordinates (None: 5%, as in
+    attacks.gradient). With `keep_best` each example keeps its best iterate instead of the final one (the
     paper uses the final one): judged by the EOT samples on a deterministic model, by `selection_draws` fresh
     passes per iterate on a stochastic one. `loss`: ce (the paper's), margin or dlr.
     `max_batch=None` is the device default (`default_max_batch`): all copies at once on a GPU (up to 8192
@@ -103,6 +111,7 @@ class EOTPGD(Attack):
     keep_best: bool = False
     max_batch: int | None = None
     selection_draws: int = 8
+    l1_top: float | None = None
 
     code_version = "2"
     smoke_budget = {"steps": Budget(1), "eot": Budget(1), "selection_draws": 2}
@@ -111,6 +120,7 @@ class EOTPGD(Attack):
         super().__post_init__()
         check_loss(self.loss)
         check_selection_draws(self.selection_draws)
+        check_l1_top(self.norm, self.l1_top)
         if self.steps < 1 or self.eot < 1:
             raise ValueError(f"steps and eot must be >= 1, got steps={self.steps}, eot={self.eot}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -152,7 +162,7 @@ class EOTPGD(Attack):
             if self.keep_best:
                 better = rate < best_rate
                 best[better], best_rate[better] = x_adv[better], rate[better]
-            x_adv = project(x_adv + self.alpha * steepest_ascent(estimate.grad, self.norm), x, self.eps, self.norm)
+            x_adv = self._step(x, x_adv, estimate.grad)
         if self.keep_best:
             with torch.no_grad():
                 final_rate = eot_correct_rate(model, x_adv, y, self.eot, self.max_batch)
@@ -160,6 +170,10 @@ class EOTPGD(Attack):
             best[better] = x_adv[better]
             return best, trace
         return x_adv, trace
+
+    def _step(self, x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        direction = steepest_ascent(grad, self.norm, x_adv, self.l1_top)
+        return project(x_adv + self.alpha * direction, x, self.eps, self.norm)
 
     def _run_scored(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +185,7 @@ class EOTPGD(Attack):
             estimate = eot_gradient(model, x_adv, y, self.eot, self.loss, self.max_batch)
             trace[step] = estimate.correct.float().mean(0)
             best.offer(everyone, x_adv, *score_points(model, x_adv, y, self.selection_draws, self.max_batch))
-            x_adv = project(x_adv + self.alpha * steepest_ascent(estimate.grad, self.norm), x, self.eps, self.norm)
+            x_adv = self._step(x, x_adv, estimate.grad)
         best.offer(everyone, x_adv, *score_points(model, x_adv, y, self.selection_draws, self.max_batch))
         return best.x, trace
 

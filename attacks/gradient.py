@@ -1,4 +1,9 @@
-"""First-order white-box attacks: FGSM, PGD and CW-k (PGD on the margin loss); Linf and L2, random start, restarts.
+"""First-order white-box attacks: FGSM, PGD and CW-k (PGD on the margin loss); Linf, L2 and L1, random start, restarts.
+
+Under L1 a step moves the fraction `l1_top` of the coordinates (default 5%, at least one) of largest |gradient|
+that the box lets move, along the gradient restricted to them at unit L1 norm (attacks.l1: l1_top = 0 is the
+single steepest coordinate, the exact L1 steepest ascent), and every iterate is projected exactly onto the L1 ball
+intersected with the box.
 
 Stochastic models (`model.stochastic`): nothing is decided from one noisy forward pass. PGD keeps each
 restart's final iterate (no per-step `keep_best`), and restarts compete by their K-draw score
@@ -18,12 +23,17 @@ import torch
 from torch import nn
 
 from attacks.base import Attack, Budget, PassCounter, lp_norms, project
+from attacks.l1 import l1_random_start, l1_steepest_ascent
 from attacks.losses import attack_loss, check_loss
 from attacks.protocol import score_points
 
+L1_TOP = 0.05  # the fraction of the coordinates an L1 step moves, when `l1_top` is None
+
 
 def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """A uniformly random point of the eps-ball around x (Linf: the cube; L2: the ball), then the box."""
+    """A uniformly random point of the eps-ball around x (Linf: the cube; L2, L1: the ball), then the box."""
+    if norm == "L1":
+        return l1_random_start(x, eps)
     if norm == "Linf":
         delta = torch.empty_like(x).uniform_(-eps, eps)
     else:
@@ -34,8 +44,14 @@ def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
-def steepest_ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The unit-norm direction of steepest ascent: sign for Linf, normalised gradient for L2."""
+def steepest_ascent(grad: torch.Tensor, norm: str, x_adv: torch.Tensor | None = None,
+                    l1_top: float | None = None) -> torch.Tensor:
+    """The unit-norm direction of steepest ascent: sign for Linf, normalised gradient for L2; for L1 the sparse
+    direction of attacks.l1 at the point `x_adv` (which the box limits) on the fraction `l1_top` of coordinates."""
+    if norm == "L1":
+        if x_adv is None:
+            raise ValueError("the L1 steepest-ascent direction needs the current point (x_adv): the box limits it")
+        return l1_steepest_ascent(grad, x_adv, L1_TOP if l1_top is None else l1_top)
     if norm == "Linf":
         return grad.sign()
     return grad / lp_norms(grad, "L2").clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
@@ -74,23 +90,36 @@ def check_selection_draws(draws: int) -> None:
         raise ValueError(f"selection_draws must be >= 1, got {draws}")
 
 
+def check_l1_top(norm: str, l1_top: float | None) -> None:
+    """`l1_top` (the fraction of coordinates an L1 step moves) is for norm L1 only, and lies in [0, 1]."""
+    if l1_top is None:
+        return
+    if norm != "L1":
+        raise ValueError(f"l1_top={l1_top} applies to norm L1 only (the attack's norm is {norm}); leave it null")
+    if not 0.0 <= l1_top <= 1.0:
+        raise ValueError(f"l1_top must be in [0, 1] (a fraction of the coordinates; 0 = one coordinate), got {l1_top}")
+
+
 @dataclass
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps (normalised step for L2).
 
-    One gradient, no selection: the same on deterministic and stochastic models."""
+    One gradient, no selection: the same on deterministic and stochastic models. Under L1 the step of size eps
+    is shared by the fraction `l1_top` of the coordinates (None: 5%)."""
 
     smoke_budget = {}  # one step: nothing to shrink
 
     loss: str = "ce"
+    l1_top: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_loss(self.loss)
+        check_l1_top(self.norm, self.l1_top)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         grad, _ = input_gradient(model, x, y, self.loss)
-        return project(x + self.eps * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
+        return project(x + self.eps * steepest_ascent(grad, self.norm, x, self.l1_top), x, self.eps, self.norm)
 
     def passes_per_image(self) -> float:
         return 1.0
@@ -105,6 +134,7 @@ class PGD(Attack):
     found on the way) and later restarts skip it; without it, the final iterate of each restart is used, as in
     the classic formulation. On a stochastic model (see the module docstring) each restart's final iterate is
     kept and restarts compete by `selection_draws` fresh passes; `keep_best` does not apply there.
+    Under L1 each step moves the fraction `l1_top` of the coordinates (None: 5%; see the module docstring).
     """
 
     code_version = "2"
@@ -117,6 +147,7 @@ class PGD(Attack):
     loss: str = "ce"
     keep_best: bool = True
     selection_draws: int = 8
+    l1_top: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +155,7 @@ class PGD(Attack):
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}")
         check_selection_draws(self.selection_draws)
+        check_l1_top(self.norm, self.l1_top)
 
     @property
     def alpha(self) -> float:
@@ -161,7 +193,8 @@ class PGD(Attack):
             if keep_best:
                 newly = (logits.argmax(1) != y) & ~found
                 kept[newly], found = x_adv[newly], found | newly
-            x_adv = project(x_adv + self.alpha * steepest_ascent(grad, self.norm), x, self.eps, self.norm)
+            direction = steepest_ascent(grad, self.norm, x_adv, self.l1_top)
+            x_adv = project(x_adv + self.alpha * direction, x, self.eps, self.norm)
         return torch.where(found.view(-1, *([1] * (x.dim() - 1))), kept, x_adv), found
 
     def _perturb_deterministic(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,21 @@ BLOCK_KEYS = {"name", "scenarios", "defences", "attacks", "n_examples", "seeds",
 GRID_SCALARS = ("n_examples", "seeds", "eval", "description", "report")  # an include's value unless the grid's
 
 
-def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenario:
+def scenario_fields(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A scenario file's fields; `based_on: <scenario>` takes that scenario's fields first, each field given here
+    replacing the base's whole (a variant of a scenario under another threat model keeps one home for the rest)."""
     raw = load_conf("scenario", name)
+    base = raw.pop("based_on", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or base in (*_seen, name):
+        raise ConfigError(f"scenario {name}: based_on={base!r} must name another scenario, without a cycle "
+                          f"({' -> '.join((*_seen, name, str(base)))})")
+    return {**scenario_fields(base, (*_seen, name)), **raw}
+
+
+def load_scenario(name: str, overrides: dict[str, Any] | None = None) -> Scenario:
+    raw = scenario_fields(name)
     for key, value in (overrides or {}).items():
         set_path(raw, key.split("."), value, where=f"scenario {name}", create=True)
     try:

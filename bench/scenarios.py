@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from attacks.base import NORMS
 from defences.base import Task
 
 CLASSIFIER_SOURCES = ("train:<arch>", "file:<path>", "robustbench:<name>")
@@ -28,8 +29,8 @@ class Scenario:
     source: str = ""  # paper / table this scenario comes from
 
     def __post_init__(self) -> None:
-        if self.norm not in ("Linf", "L2"):
-            raise ValueError(f"scenario {self.name}: norm={self.norm!r} is not valid; valid: Linf, L2")
+        if self.norm not in NORMS:
+            raise ValueError(f"scenario {self.name}: norm={self.norm!r} is not valid; valid: {', '.join(NORMS)}")
         if not self.eps > 0:
             raise ValueError(f"scenario {self.name}: eps must be > 0, got {self.eps}")
         prefix = self.classifier.split(":", 1)[0]

@@ -159,7 +159,8 @@ def test_checkpoints_follow_the_paper():
     assert checkpoint_lengths(10) == (2, 1, 1)
 
 
-@pytest.mark.parametrize("bad", [{"norm": "L1"}, {"loss": "margin"}, {"steps": 0}, {"max_batch": 0}])
+@pytest.mark.parametrize("bad", [{"norm": "L0"}, {"l1_schedule": True}, {"loss": "margin"}, {"steps": 0},
+                                 {"max_batch": 0}])
 def test_bad_settings_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         APGD(eps=0.1, **bad)

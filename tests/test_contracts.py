@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATTACKS = attacks.names()
 DEFENCES = defences.names()
-THREATS = [("Linf", 0.1), ("L2", 0.5)]
+THREATS = [("Linf", 0.1), ("L2", 0.5), ("L1", 1.0)]
 TOLERANCE = 1e-5
 # 4 classes (AutoAttack's targeted APGD needs 4), 8x8 inputs (pyautoattack's L2 Square needs 5x5 at least)
 CLASSES, SIDE, POINTS = 4, 8, 16

@@ -158,8 +158,8 @@ def test_bad_budgets_are_clear_errors(cnn, data):
         attacks.diagnose(cnn, x, y, eps=0.1, stepz=3)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         attacks.diagnose(cnn, x, y, eps=0.1, steps=0)
-    with pytest.raises(ValueError, match="norm='L1'"):
-        attacks.diagnose(cnn, x, y, eps=0.1, norm="L1")
+    with pytest.raises(ValueError, match="norm='L0' is not supported; valid: Linf, L2, L1"):
+        attacks.diagnose(cnn, x, y, eps=0.1, norm="L0")
     with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 0"):
         attacks.diagnose(cnn, x, y, eps=0.1, alpha=0)
     with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):

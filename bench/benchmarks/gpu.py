@@ -106,7 +106,7 @@ def scaled_attack(name: str, scale: int, **extra: Any) -> attacks.Attack:
     defaults = {f.name: f.default for f in fields(cls)}
     steps = [k for k in budget_settings("attack", cls) if k != "eot"]
     budget = {k: max(1, int(defaults[k]) // scale) for k in steps if isinstance(defaults.get(k), int)}
-    if "target_classes" in defaults:
+    if isinstance(defaults.get("target_classes"), int):
         budget["target_classes"] = min(int(defaults["target_classes"]), CIFAR10.num_classes - 1)
     return attacks.build(name, eps=CIFAR10.eps, norm="Linf", **{**budget, **extra})
 

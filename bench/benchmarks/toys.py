@@ -1,7 +1,8 @@
 """Small models with known answers: for the attack and protocol tests and the speed benchmarks (one home for both).
 
 - `LinearClassifier` and `exact_robust_correct`: a linear model's exact robust correctness under Linf and L2
-  (closed form, for inputs far enough from the box that the box does not bind);
+  (closed form, for inputs far enough from the box that the box does not bind) and under L1 with the box
+  (`l1_robust_slack`: per class a fractional knapsack, solved greedily);
 - `noisy_linear_toy`, `noisy_linear_accuracy`, `noisy_linear_optimum`: a two-class linear model behind Gaussian
   input noise, whose expected (single-draw) accuracy at any point, and its minimum over the eps-ball, are closed
   forms;
@@ -53,9 +54,45 @@ def robust_radius(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: 
     return radius.amin(1).clamp_min(0.0)
 
 
+def l1_best_gain(direction: torch.Tensor, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """max direction . d over ||d||_1 <= eps and 0 <= x + d <= 1, and the maximiser d; direction (..., D), x (..., D)
+    broadcastable to it.
+
+    A linear objective over the L1 ball cut by the box is a fractional knapsack: every unit of L1 budget spent on
+    coordinate i gains |direction_i|, coordinate i takes at most its room in the direction's sign (1 - x_i rising,
+    x_i falling), so the optimum fills the coordinates in decreasing |direction_i| until eps is spent: one
+    coordinate where the box does not bind, several (all but the last at the box) where it does.
+    """
+    x = x.expand_as(direction)
+    size = direction.abs()
+    room = torch.where(direction > 0, 1 - x, x) * (size > 0)
+    order = size.argsort(dim=-1, descending=True, stable=True)
+    room_sorted = room.gather(-1, order)
+    spent_before = room_sorted.cumsum(-1) - room_sorted
+    amount_sorted = torch.minimum((eps - spent_before).clamp_min(0), room_sorted)
+    amount = torch.zeros_like(amount_sorted).scatter(-1, order, amount_sorted)
+    return (size * amount).sum(-1), direction.sign() * amount
+
+
+def l1_robust_slack(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """Per point, min over classes j != y of the logit margin z_y - z_j left at the worst L1 perturbation of size
+    <= eps inside the box (`l1_best_gain` of w_j - w_y): > 0 exactly when the point stays correct."""
+    flat = x.flatten(1)
+    diffs = weight[None, :, :] - weight[y][:, None, :]            # (B, C, D): w_j - w_y
+    margins = -(torch.einsum("bcd,bd->bc", diffs, flat) + (bias[None, :] - bias[y][:, None]))
+    gain, _ = l1_best_gain(diffs, flat[:, None, :], eps)
+    slack = margins - gain
+    slack[torch.arange(x.shape[0]), y] = float("inf")
+    return slack.amin(1)
+
+
 def exact_robust_correct(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
                          norm: str) -> torch.Tensor:
-    """Whether each point stays correctly classified for every perturbation of size <= eps (box not binding)."""
+    """Whether each point stays correctly classified for every perturbation of size <= eps (Linf, L2: box not
+    binding; L1: with the [0, 1] box)."""
+    if norm == "L1":
+        return l1_robust_slack(weight, bias, x, y, eps) > 0
     return robust_radius(weight, bias, x, y, norm) > eps
 
 
