@@ -115,7 +115,7 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
             table_files[name] = (table, _write_table(table, tables_dir, name, written))
     masked = [f"Gradient masked for CE on {p.ce.scenario}/{p.ce.defence}: {p.evidence()}." for p in loss_pairs
               if p.masked]
-    text = " ".join([*masked, headline.adaptive_sentence(items)]).strip()
+    text = " ".join([*masked, headline.adaptive_sentence(items), headline.seed_sentence(items)]).strip()
     sections = [Section("headline-section", "Headline", text=text,
                         tables=[table_files["headline"]]),
                 Section("overstatement-section", "What naive evaluation overstates", figures=[figures[0]],

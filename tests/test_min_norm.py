@@ -159,4 +159,5 @@ def test_rendered_report_draws_the_curve_and_its_table(tmp_path: Path):
     assert tmp_path / "g" / "figures" / "min_norm_curves.png" in written
     summary = (tmp_path / "g" / "summary.md").read_text()
     assert "## Minimum-norm curves" in summary and "| 2 of 5 |" in summary
+    assert "Every defence was trained with a single seed (0): training variance is unmeasured" in summary
     assert "min_norm_curves.png" in (tmp_path / "g" / "index.html").read_text()
