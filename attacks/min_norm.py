@@ -11,9 +11,10 @@ the margin loss (without the coordinates the box blocks) of size alpha x radius,
 curve: the attack spends its steps where the curve is drawn, and it returns no point beyond it.
 
 Judgement: nothing is decided by the search's own (possibly noisy) passes. Its candidates per example, the
-smallest adversarial iterate it saw and its final iterate, are each shrunk along their own direction by
-bisection (`line_search_steps`), every trial point judged by `selection_draws` fresh passes of the defence (one
-on a deterministic model): a point is adversarial when fewer than half of those passes classify it correctly.
+smallest adversarial iterate it saw and its final iterate, are each moved along their own direction to the
+smallest adversarial point by bisection (`line_search_steps`; stretched up to the eps-ball where the candidate
+itself is not adversarial), every trial point judged by `selection_draws` fresh passes of the defence (one on a
+deterministic model): a point is adversarial when fewer than half of those passes classify it correctly.
 The smaller adversarial result of the two is returned; an example with none gets its clean point back (size 0).
 The harness then judges the returned points with its K draws like every attack's, so an example counts as
 broken at radius r only when its returned point has size <= r and the record's K draws break it (the curve is
@@ -163,17 +164,27 @@ class FMN(Attack):
 
     def _shrink(self, judge: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
                 draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example the smallest t x delta (t in (0, 1], size <= eps) the judge finds adversarial by bisection,
-        and its size; where delta scaled to the largest t is not adversarial, the clean point and size inf."""
+        """Per example the smallest t x delta the judge finds adversarial, by bisection, and its size; the clean
+        point and size inf where even the longest t x delta within eps is not adversarial.
+
+        The bracket is (0, 1] where delta itself is adversarial, else (1, longest]: an iterate that sits on the
+        boundary of a stochastic defence (about half its draws correct) is stretched along its direction instead
+        of being lost. Points beyond the box are clamped to it, which only shrinks them."""
         sizes = lp_norms(delta, self.norm)
-        high = (self.eps / sizes.clamp_min(1e-12)).clamp(max=1.0)
-        low = torch.zeros_like(high)
-        found = self._adversarial(judge, x + _per_example(high, x) * delta, y, draws)
+        longest = torch.where(sizes > 0, self.eps / sizes.clamp_min(1e-12), torch.ones_like(sizes))
+        first = longest.clamp(max=1.0)
+        at_first = self._adversarial(judge, self._along(x, delta, first), y, draws)
+        at_longest = self._adversarial(judge, self._along(x, delta, longest), y, draws)
+        low, high = torch.where(at_first, 0.0, first), torch.where(at_first, first, longest)
+        found = at_first | at_longest
         for _ in range(self.line_search_steps):
             middle = (low + high) / 2
-            adversarial = self._adversarial(judge, x + _per_example(middle, x) * delta, y, draws)
+            adversarial = self._adversarial(judge, self._along(x, delta, middle), y, draws)
             high, low = torch.where(adversarial, middle, high), torch.where(adversarial, low, middle)
-        scaled = x + _per_example(high, x) * delta
-        point = torch.where(_per_example(found, x), scaled, x)
+        point = torch.where(_per_example(found, x), self._along(x, delta, high), x)
         size = torch.where(found, lp_norms(point - x, self.norm), torch.full_like(sizes, float("inf")))
         return point, size
+
+    @staticmethod
+    def _along(x: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (x + _per_example(scale, x) * delta).clamp(0.0, 1.0)
