@@ -31,17 +31,17 @@ def _draw(ax: plt.Axes, items: list[MinNormCurve], many_seeds: bool) -> None:
             weak = found.broken > 0
             ax.plot([found.eps], [found.fixed_acc], marker="x" if weak else "o", color=colour,
                     markersize=8 if weak else 5, linestyle="none")
-            if weak:
-                ax.annotate(f"{found.fixed.attack}: {found.broken}", (found.eps, found.fixed_acc), fontsize=7,
-                            color=colour, xytext=(4, -10), textcoords="offset points")
+            text = f"{found.fixed.attack}: {found.broken} weak" if weak else found.fixed.attack
+            ax.annotate(text, (found.eps, found.fixed_acc), fontsize=7, color=colour, xytext=(4, -10),
+                        textcoords="offset points")
 
 
 def curve_figure(items: list[MinNormCurve], folder: Path) -> FigureFile:
     figure = FigureFile("min_norm_curves", "Minimum-norm robustness curves",
                         "Robust accuracy against eps from each minimum-norm cell (an example is broken at eps once "
                         "its smallest adversarial point found, judged by the record's K draws, is within eps); "
-                        "dots: the fixed-eps cells of the same defence on the same examples; crosses, with a "
-                        "count: a fixed-eps attack broke that many examples the curve says are robust there.")
+                        "dots: the fixed-eps cells of the same defence on the same examples; crosses ('N weak'): "
+                        "a fixed-eps attack broke N examples the curve says are robust there.")
     if not items:
         figure.reason = "the grid has no finished minimum-norm cell (attack fmn)"
         return figure
