@@ -33,6 +33,7 @@ REGISTRY = Registry(
         "pgd_eot": "attacks.eot:EOTPGD",
         "bpda_eot": "attacks.bpda:BPDAEOT",
         "adaptive": "attacks.adaptive:Adaptive",
+        "fmn": "attacks.min_norm:FMN",
     },
     entry_point_group="bench.attacks",
     base=Attack,

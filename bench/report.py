@@ -4,8 +4,9 @@ Writes into results/<grid>/ (results/README.md describes every file):
   summary.md            every table in Markdown, headline first, and the status of every cell
   summary.csv           one row per cell (and per worst case), numbers in separate columns
   tables/<name>.md|.tex the headline, overstatement, paired comparisons, CE vs margin, purifier decomposition,
-                        seeds, the paper layouts (and their paper-reference tables) and the cells table (LaTeX
-                        with booktabs); tables/<layout>.csv tidy data
+                        seeds, minimum-norm curves against fixed-eps cells, the paper layouts (and their
+                        paper-reference tables) and the cells table (LaTeX with booktabs); tables/<layout>.csv
+                        tidy data
   figures/<name>.png|.pdf
   index.html            one self-contained page: provenance warnings, the headline table and the overstatement
                         figure first, then comparisons, paper layouts, every cell, figures, diagnostics, and each
@@ -29,6 +30,8 @@ from bench.reporting.collect import GridResults, collect
 from bench.reporting.figures import FigureFile, render_figures
 from bench.reporting.html_page import write_page
 from bench.reporting.layouts import ReportConfigError, configured_layouts
+from bench.reporting.min_norm_curve import curves as min_norm_curves
+from bench.reporting.min_norm_figure import comparison_table, curve_figure
 from bench.reporting.paper_numbers import PaperNumbersError, load_paper_numbers
 from bench.reporting.sections import Section
 from bench.reporting.tables import Table, to_latex, to_markdown
@@ -116,7 +119,7 @@ def _headline_sections(grid: GridResults, figures_dir: Path, tables_dir: Path,
             table_files[name] = (table, _write_table(table, tables_dir, name, written))
     masked = [f"Gradient masked for CE on {p.ce.scenario}/{p.ce.defence}: {p.evidence()}." for p in loss_pairs
               if p.masked]
-    text = " ".join([*masked, headline.adaptive_sentence(items)]).strip()
+    text = " ".join([*masked, headline.adaptive_sentence(items), headline.seed_sentence(items)]).strip()
     sections = [Section("headline-section", "Headline", text=text,
                         tables=[table_files["headline"]]),
                 Section("overstatement-section", "What naive evaluation overstates", figures=[figures[0]],
@@ -160,6 +163,19 @@ def _layout_section(grid: GridResults, tables_dir: Path, written: list[Path]) ->
     return section
 
 
+def _min_norm_section(grid: GridResults, figures_dir: Path, tables_dir: Path,
+                      written: list[Path]) -> tuple[Section | None, FigureFile | None]:
+    """The minimum-norm curves and their comparisons with the fixed-eps cells, where the grid has such a cell."""
+    items = min_norm_curves(grid)
+    table = comparison_table(items)
+    if table is None:
+        return None, None
+    figure = curve_figure(items, figures_dir)
+    files = _write_table(table, tables_dir, "min_norm", written)
+    return Section("min-norm-section", "Minimum-norm curves", tables=[(table, files)], figures=[figure],
+                   figures_first=True), figure
+
+
 def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> list[Path]:
     """Render every table, figure and the HTML page of one grid's results folder; returns the files written.
 
@@ -175,6 +191,10 @@ def render(results_dir: Path, report_config: dict[str, Any] | None = None) -> li
     if (transfers := transfer_table(grid)) is not None:
         sections.append(Section("transfer-section", "Transfer between defences",
                                 tables=[(transfers, _write_table(transfers, tables_dir, "transfer", written))]))
+    min_norm_section, min_norm_plot = _min_norm_section(grid, figures_dir, tables_dir, written)
+    if min_norm_section is not None:
+        sections.append(min_norm_section)
+        headline_figures.append(min_norm_plot)
     sections.append(_layout_section(grid, tables_dir, written))
     cells_table, cells_frame = long_table.build(grid)
     _write(layout.summary_csv_path(results_dir), cells_frame.to_csv(index=False), written)

@@ -53,7 +53,8 @@ def test_headline_worst_case_includes_the_clean_judgement_on_one_subset():
     assert item.adaptive is adaptive
     row = to_markdown(headline.headline_table([item])).splitlines()[4]
     assert row == ("| digits | at | 0 | Linf 0.15 | 3 | 0.667 [0.208, 0.939] | 0.333 [0.061, 0.792] | 0.333 | 0 of 3 | "
-                   "pgd, aa, adaptive | examples outside the shared 3 (pgd n=6, aa n=6) |")
+                   "pgd, aa, adaptive | examples outside the shared 3 (pgd n=6, aa n=6) | "
+                   "1 seed: training variance unmeasured |")
     # without the nested cell: all 6 examples; robust never exceeds clean on any example
     [item] = headline.headlines(grid_of([pgd, aa]))
     assert item.worst.correct == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -184,6 +185,25 @@ def test_several_seeds_report_mean_and_spread():
     assert table.rows == [["digits", "at", "0, 1, 2", "1.000 ± 0.000 [1.000, 1.000]",
                            "0.500 ± 0.250 [0.250, 0.750]"]]
     assert headline.seed_table(headline.headlines(grid_of(cells[:1]))) is None
+
+
+def test_headline_shows_the_spread_over_training_seeds_beside_each_row_or_says_it_is_unmeasured():
+    cells = [cell("at", "pgd", [1] * 4, robust, seed=seed) for seed, robust in
+             ((0, [1, 1, 0, 0]), (1, [1, 1, 1, 0]), (2, [1, 0, 0, 0]))]
+    cells += [cell("std", "pgd", [1] * 4, [0, 0, 0, 1], seed=0)]
+    items = headline.headlines(grid_of(cells))
+    table = headline.headline_table(items)
+    column = table.columns.index("worst case over training seeds")
+    # at: worst cases 0.5, 0.75, 0.25 over seeds 0-2; sd of (0.5, 0.75, 0.25) is 0.25
+    assert [row[column] for row in table.rows] == ["3 seeds: 0.250–0.750, sd 0.250"] * 3 + [
+        "1 seed: training variance unmeasured"]
+    assert headline.seed_sentence(items) == ("Trained with a single seed (training variance unmeasured): "
+                                             "digits/std; the others show the spread of their worst case over "
+                                             "seeds beside each row.")
+    single = headline.headlines(grid_of([cells[0], cells[3]]))
+    assert headline.seed_sentence(single).startswith("Every defence was trained with a single seed (0): training "
+                                                     "variance is unmeasured")
+    assert headline.seed_sentence(headline.headlines(grid_of(cells[:3]))) == ""
 
 
 def test_provenance_warns_about_mixed_commits_dirty_trees_and_stale_records():

@@ -10,6 +10,7 @@
 - paper_numbers / layouts: the papers' tables, filled from the records, the papers' numbers beside them
 - tables: one `Table` model rendered as Markdown, LaTeX (booktabs) and HTML
 - figures, summary_figures: matplotlib figures (PNG + PDF)
+- min_norm_curve / min_norm_figure: minimum-norm cells' robust accuracy at every eps, against the fixed-eps cells
 - sections: one section of the report, rendered into summary.md and index.html alike
 - html_page: the self-contained index.html
 """

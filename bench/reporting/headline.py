@@ -229,11 +229,43 @@ def adaptive_sentence(items: list[Headline]) -> str:
 
 HEADLINE_COLUMNS = ["scenario", "defence", "seed", "threat", "n", "clean [95% CI]", "worst case [95% CI]",
                     "adaptive alone", "broken by others, not by adaptive", "attacks in the worst case",
-                    "not included"]
+                    "not included", "worst case over training seeds"]
 
 
 def budgets(cells: list[CellResult]) -> str:
     return "\n".join(c.budget for c in cells)
+
+
+def training_seeds(items: list[Headline]) -> dict[tuple[str, str], list[WorstCase]]:
+    """Per (scenario, defence), the headline worst cases of its training seeds (a cell's seed is its stage's)."""
+    groups: dict[tuple[str, str], list[WorstCase]] = {}
+    for item in items:
+        if item.worst.n:
+            groups.setdefault((item.worst.scenario, item.defence), []).append(item.worst)
+    return groups
+
+
+def seed_spread_text(worsts: list[WorstCase]) -> str:
+    """'3 seeds: 0.250–0.750, sd 0.250' (min–max and sample sd of the worst case), or the one-seed warning."""
+    if len(worsts) < 2:
+        return "1 seed: training variance unmeasured"
+    result = spread([w.acc for w in worsts])
+    return f"{len(worsts)} seeds: {result.low:.3f}–{result.high:.3f}, sd {result.sd:.3f}"
+
+
+def seed_sentence(items: list[Headline]) -> str:
+    """The headline's word on training seeds: which defences were trained with one seed only."""
+    groups = training_seeds(items)
+    single = [f"{scenario}/{defence}" for (scenario, defence), worsts in groups.items() if len(worsts) < 2]
+    if not single:
+        return ""
+    if len(single) == len(groups):
+        seeds = sorted({w.seed for worsts in groups.values() for w in worsts})
+        return (f"Every defence was trained with a single seed ({', '.join(map(str, seeds))}): training variance "
+                "is unmeasured, and differences smaller than it cannot be told from it (list several `seeds` in the "
+                "grid to measure it).")
+    return (f"Trained with a single seed (training variance unmeasured): {', '.join(single)}; the others show the "
+            "spread of their worst case over seeds beside each row.")
 
 
 def _headline_row(item: Headline) -> list[str]:
@@ -259,8 +291,10 @@ def _headline_row(item: Headline) -> list[str]:
 
 def headline_table(items: list[Headline]) -> Table:
     rows, tips = [], {}
+    seeds = training_seeds(items)
     for number, item in enumerate(items):
-        rows.append(_headline_row(item))
+        over_seeds = seeds.get((item.worst.scenario, item.defence))
+        rows.append([*_headline_row(item), seed_spread_text(over_seeds) if over_seeds else fmt.MISSING])
         tip = budgets(item.worst.cells)
         for column in (5, 6, 9):
             tips[(number, column)] = tip
@@ -280,6 +314,9 @@ def headline_table(items: list[Headline]) -> Table:
              f"binomial tail <= {ALPHA:g}; draw noise alone gives 0), with the expected single-draw shortfall "
              "beside it; in brackets each attack's own share. 0 means the recommended attack alone reaches the "
              "worst case.",
+             "worst case over training seeds: min–max and sample sd of the defence's headline worst case over its "
+             "training seeds (each seed's row on its own examples); with one seed, the variance from training "
+             "(seeds, floating-point differences between machines) is unmeasured and may exceed the interval.",
              "Hover a number (or see 'Cell settings' below) for every attack's budget."]
     return Table("Headline: clean accuracy and the per-example worst case over every attack", HEADLINE_COLUMNS,
                  rows, notes=notes, label="headline", left_columns=4, tooltips=tips)
