@@ -196,14 +196,17 @@ class Attack:
     # Whether its gradients reach the defence through the BPDA approximation (Defence.bpda_forward: the
     # purifier's gradient replaced by the identity) rather than end to end; the report's decomposition uses it.
     through_bpda: ClassVar[bool] = False
+    # The threat models it is defined for (a subset of NORMS); any other norm is refused when it is built.
+    supported_norms: ClassVar[tuple[str, ...]] = NORMS
 
     eps: float = 8 / 255
     norm: str = "Linf"
     target: str = "end_to_end"
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm={self.norm!r} is not supported; valid: {', '.join(NORMS)}")
+        if self.norm not in self.supported_norms:
+            raise ValueError(f"norm={self.norm!r} is not supported by {self.registry_name or type(self).__name__}; "
+                             f"valid: {', '.join(self.supported_norms)}")
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r} is not valid; valid: {', '.join(TARGETS)}")
         if not self.eps >= 0:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, PassCounter, lp_norms, require_at_least_one
+from attacks.base import Attack, Budget, PassCounter, lp_norms, require_at_least_one
 from attacks.gradient import is_stochastic, steepest_ascent
 from attacks.losses import attack_loss
 from attacks.protocol import score_points
@@ -80,6 +80,9 @@ class FMN(Attack):
 
     alpha_final defaults to alpha_init / 100, the paper's ratio; gamma from 0.05 to 0.001 as in the paper.
     """
+
+    supported_norms = ("Linf", "L2")  # the radius projection and dual norms are written for these two
+    smoke_budget = {"steps": Budget(1), "eot": Budget(1), "selection_draws": 2, "line_search_steps": Budget(1)}
 
     steps: int = 100
     alpha_init: float = 1.0
