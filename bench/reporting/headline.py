@@ -216,12 +216,18 @@ def adaptive_sentence(items: list[Headline]) -> str:
     label = [f"{i.worst.scenario}/{i.defence} seed {i.worst.seed}" for i in checked]
     missed = [f"{name}: {i.adaptive_check.text()}" for name, i in zip(label, checked, strict=True)
               if i.adaptive_check.missed > 0]
-    clean = [name for name, i in zip(label, checked, strict=True) if i.adaptive_check.missed <= 0]
+    clean = [name for name, i in zip(label, checked, strict=True)
+             if i.adaptive_check.missed <= 0 and i.adaptive_check.exact]
+    within_noise = [name for name, i in zip(label, checked, strict=True)
+                    if i.adaptive_check.missed <= 0 and not i.adaptive_check.exact]
     parts = []
     if missed:
         parts.append("Examples other attacks broke that adaptive did not: " + "; ".join(missed) + ".")
     if clean:
         parts.append("adaptive broke every example another attack broke on " + ", ".join(clean) + ".")
+    if within_noise:
+        parts.append("Other attacks broke no example significantly more often than adaptive (per-example Fisher "
+                     "tests over the draws) on " + ", ".join(within_noise) + ".")
     return " ".join(parts)
 
 
