@@ -100,6 +100,26 @@ def check_l1_top(norm: str, l1_top: float | None) -> None:
         raise ValueError(f"l1_top must be in [0, 1] (a fraction of the coordinates; 0 = one coordinate), got {l1_top}")
 
 
+class JudgedByWholeDefence(Attack):
+    """An attack whose points are judged by the whole defence even when it differentiates only a part of it
+    (`target` other than end_to_end on a stochastic defence): `perturb` asks `judge_for(model)` for the judge,
+    and the judge's passes are added to the attack's counts."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        judge = PassCounter(model) if self.target != "end_to_end" and is_stochastic(model) else None
+        self.__dict__["judge"] = judge
+        try:
+            return super().__call__(model, x, y)
+        finally:
+            del self.__dict__["judge"]
+            if judge is not None and "counts" in self.__dict__:
+                self.counts["forward_examples"] += judge.forward_examples
+
+    def judge_for(self, model: nn.Module) -> nn.Module:
+        """The whole defence while `__call__` runs on part of a stochastic one, else the model differentiated."""
+        return self.__dict__.get("judge") or model
+
+
 @dataclass
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps (normalised step for L2).
@@ -126,7 +146,7 @@ class FGSM(Attack):
 
 
 @dataclass
-class PGD(Attack):
+class PGD(JudgedByWholeDefence):
     """Projected gradient descent (Madry et al. 2018) with random start and restarts.
 
     step_size defaults to eps/4 (2.5 * eps / 10, Madry's ratio for 10 steps). On a deterministic model, with
@@ -164,19 +184,8 @@ class PGD(Attack):
     def passes_per_image(self) -> float:
         return float(self.steps * self.restarts)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """As Attack.__call__; an attack on part of the defence keeps the whole defence as its judge."""
-        judge = PassCounter(model) if self.target != "end_to_end" and is_stochastic(model) else None
-        self.__dict__["judge"] = judge
-        try:
-            return super().__call__(model, x, y)
-        finally:
-            del self.__dict__["judge"]
-            if judge is not None and "counts" in self.__dict__:
-                self.counts["forward_examples"] += judge.forward_examples
-
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        judge = self.__dict__.get("judge") or model
+        judge = self.judge_for(model)
         if is_stochastic(judge):
             return self._perturb_stochastic(model, judge, x, y)
         return self._perturb_deterministic(model, x, y)

@@ -31,9 +31,10 @@ def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def l1_threshold(size: torch.Tensor, room: torch.Tensor, eps: float) -> torch.Tensor:
+def l1_threshold(size: torch.Tensor, room: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """Per row, the lam >= 0 with sum_i min(max(size_i - lam, 0), room_i) = eps, for rows where that sum at lam = 0
-    exceeds eps (size, room: (rows, d), non-negative)."""
+    exceeds eps (size, room: (rows, d), non-negative; eps one radius or one per row)."""
+    eps = torch.as_tensor(eps, dtype=size.dtype, device=size.device).expand(size.shape[0]).unsqueeze(1)
     points = torch.cat((size - room, size), 1)                        # where a coordinate starts / stops shrinking
     slope_change = torch.cat((-torch.ones_like(size), torch.ones_like(size)), 1)
     points, order = points.sort(1, descending=True)
@@ -64,20 +65,20 @@ def _movable_coordinates(size: torch.Tensor, room: torch.Tensor,
     return size.gather(1, keep), room.gather(1, keep) * movable.gather(1, keep)
 
 
-def project_l1(point: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The Euclidean projection of `point` onto the L1 ball around x intersected with [0, 1], of radius eps less
-    `l1_rounding(x)` (so that the returned points are within eps once stored in x's dtype)."""
-    eps = eps - l1_rounding(x)
+def project_l1(point: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    """The Euclidean projection of `point` onto the L1 ball around x intersected with [0, 1], of radius eps (one
+    radius, or one per example) less `l1_rounding(x)` (so that the returned points are within eps once stored in
+    x's dtype)."""
     delta = (point - x).flatten(1).double()
+    radius = torch.as_tensor(eps, dtype=delta.dtype, device=delta.device).expand(delta.shape[0]) - l1_rounding(x)
     centre = x.flatten(1).double()
     size = delta.abs()
     room = torch.where(delta > 0, 1 - centre, centre).clamp_min(0)
     moved = torch.minimum(size, room)
-    over = moved.sum(1) > eps
-    if eps <= 0:
-        moved = torch.zeros_like(moved)
-    elif over.any():
-        lam = l1_threshold(*_movable_coordinates(size[over], room[over], moved[over]), eps)
+    moved[radius <= 0] = 0.0
+    over = (moved.sum(1) > radius) & (radius > 0)
+    if over.any():
+        lam = l1_threshold(*_movable_coordinates(size[over], room[over], moved[over]), radius[over])
         moved[over] = torch.minimum((size[over] - lam[:, None]).clamp_min(0), room[over])
     projected = (centre + delta.sign() * moved).clamp(0.0, 1.0)
     return projected.to(x.dtype).view_as(x)

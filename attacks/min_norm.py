@@ -1,5 +1,5 @@
 """`fmn`: a minimum-norm attack (the adaptive-radius scheme of Pintor et al. 2021, "Fast Minimum-norm Adversarial
-Attacks through Adaptive Norm Constraints"), Linf and L2: per example the smallest adversarial perturbation it
+Attacks through Adaptive Norm Constraints"), Linf, L2 and L1: per example the smallest adversarial perturbation it
 finds, hence the robust accuracy at every radius up to `eps` from one run.
 
 The search moves a perturbation inside a ball whose radius adapts per example: while no adversarial point has
@@ -7,8 +7,10 @@ been found the radius is the linear estimate of the distance to the decision bou
 margin / dual norm of its gradient); then it shrinks by a factor (1 - gamma) at adversarial iterates (never above
 the smallest adversarial size seen) and grows by (1 + gamma) at the others. Each step is a steepest-ascent step on
 the margin loss (without the coordinates the box blocks) of size alpha x radius, projected onto the ball and the
-[0, 1] box; alpha and gamma decay on a cosine schedule. The radius never exceeds `eps`, the largest radius of the
-curve: the attack spends its steps where the curve is drawn, and it returns no point beyond it.
+[0, 1] box (under L1 the sparse direction of attacks.l1 on the fraction `l1_top` of the coordinates, default 5%,
+and the exact projection onto the L1 ball and box of each example's radius); alpha and gamma decay on a cosine
+schedule. The radius never exceeds `eps`, the largest radius of the curve: the attack spends its steps where the
+curve is drawn, and it returns no point beyond it.
 
 Judgement: nothing is decided by the search's own (possibly noisy) passes. Its candidates per example, the
 smallest adversarial iterate it saw and its final iterate, are each moved along their own direction to the
@@ -33,8 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import Attack, Budget, PassCounter, lp_norms, require_at_least_one
-from attacks.gradient import is_stochastic, steepest_ascent
+from attacks.base import Budget, lp_norms, require_at_least_one
+from attacks.gradient import JudgedByWholeDefence, check_l1_top, is_stochastic, steepest_ascent
+from attacks.l1 import project_l1
 from attacks.losses import attack_loss
 from attacks.protocol import score_points
 
@@ -47,6 +50,8 @@ def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def project_radius(delta: torch.Tensor, x: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
     """`delta` projected onto the ball of per-example `radius` (in `norm`), then x + delta onto the [0, 1] box."""
+    if norm == "L1":
+        return project_l1(x + delta, x, radius) - x
     bound = _per_example(radius, delta)
     if norm == "Linf":
         delta = torch.maximum(torch.minimum(delta, bound), -bound)
@@ -57,8 +62,11 @@ def project_radius(delta: torch.Tensor, x: torch.Tensor, radius: torch.Tensor, n
 
 
 def dual_norms(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The dual norm of each example's gradient: L1 for Linf, L2 for L2 (the rate the margin can fall at)."""
+    """The dual norm of each example's gradient: L1 for Linf, L2 for L2, Linf for L1 (the rate the margin can fall
+    at)."""
     flat = grad.flatten(1)
+    if norm == "L1":
+        return flat.abs().amax(1)
     return flat.abs().sum(1) if norm == "Linf" else flat.norm(dim=1)
 
 
@@ -75,13 +83,12 @@ def cosine_decay(start: float, end: float, step: int, steps: int) -> float:
 
 
 @dataclass
-class FMN(Attack):
+class FMN(JudgedByWholeDefence):
     """Fast minimum-norm attack with adaptive radius (see the module docstring); `eps` is the curve's largest radius.
 
     alpha_final defaults to alpha_init / 100, the paper's ratio; gamma from 0.05 to 0.001 as in the paper.
     """
 
-    supported_norms = ("Linf", "L2")  # the radius projection and dual norms are written for these two
     smoke_budget = {"steps": Budget(1), "eot": Budget(1), "selection_draws": 2, "line_search_steps": Budget(1)}
 
     steps: int = 100
@@ -92,10 +99,12 @@ class FMN(Attack):
     eot: int = 1
     selection_draws: int = 8
     line_search_steps: int = 10
+    l1_top: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_at_least_one(self, ("steps", "eot", "selection_draws", "line_search_steps"))
+        check_l1_top(self.norm, self.l1_top)
         if not self.alpha_init > 0 or (self.alpha_final is not None and not 0 < self.alpha_final <= self.alpha_init):
             raise ValueError(f"need alpha_init > 0 and 0 < alpha_final <= alpha_init (or null), got "
                              f"alpha_init={self.alpha_init}, alpha_final={self.alpha_final}")
@@ -103,19 +112,8 @@ class FMN(Attack):
             raise ValueError(f"need 0 < gamma_final <= gamma_init < 1, got gamma_init={self.gamma_init}, "
                              f"gamma_final={self.gamma_final}")
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """As Attack.__call__; an attack on part of a stochastic defence keeps the whole defence as its judge."""
-        judge = PassCounter(model) if self.target != "end_to_end" and is_stochastic(model) else None
-        self.__dict__["judge"] = judge
-        try:
-            return super().__call__(model, x, y)
-        finally:
-            del self.__dict__["judge"]
-            if judge is not None and "counts" in self.__dict__:
-                self.counts["forward_examples"] += judge.forward_examples
-
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        judge = self.__dict__.get("judge") or model
+        judge = self.judge_for(model)
         draws = self.selection_draws if is_stochastic(judge) else 1
         best_seen, final = self._search(model, x, y)
         sizes = torch.full((x.shape[0],), float("inf"), device=x.device)
@@ -158,7 +156,8 @@ class FMN(Attack):
             radius = torch.where(adversarial, torch.minimum(radius * (1 - gamma), best_size), grown)
             radius = radius.clamp(0.0, self.eps)
             step_size = _per_example(alpha * radius, x)
-            delta = project_radius(delta + step_size * steepest_ascent(grad, self.norm), x, radius, self.norm)
+            direction = steepest_ascent(grad, self.norm, x + delta, self.l1_top)
+            delta = project_radius(delta + step_size * direction, x, radius, self.norm)
         return best, delta
 
     def _adversarial(self, judge: nn.Module, points: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:

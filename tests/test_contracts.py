@@ -88,6 +88,23 @@ def test_attack_output_respects_the_threat_model(name, norm, eps):
     assert (x_adv != x).any()  # it did attack (every point starts correct)
 
 
+@dataclass
+class LinfOnlyAttack(Attack):
+    """An attack that declares it is defined for Linf alone."""
+
+    supported_norms = ("Linf",)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_an_attack_refuses_a_norm_it_does_not_declare_and_says_which_are_valid():
+    LinfOnlyAttack(eps=0.1, norm="Linf")
+    for norm in ("L2", "L1"):
+        with pytest.raises(ValueError, match=f"norm='{norm}' is not supported by LinfOnlyAttack; valid: Linf$"):
+            LinfOnlyAttack(eps=0.1, norm=norm)
+
+
 @pytest.mark.determinism
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_is_deterministic_under_a_seed(name):

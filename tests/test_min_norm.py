@@ -1,7 +1,8 @@
 """The minimum-norm attack (`fmn`) and its robustness curve.
 
-On linear models the exact smallest perturbation is known (bench/benchmarks/toys.robust_radius; the inputs sit
-far enough inside [0, 1] that the box never binds up to the largest radius): the curve is never below the exact
+On linear models the exact smallest perturbation is known (Linf, L2: bench/benchmarks/toys.robust_radius, the
+inputs far enough inside [0, 1] that the box never binds up to the largest radius; L1 with the box: bisection on
+the exact slack of toys.l1_robust_slack): the curve is never below the exact
 robust accuracy at any radius and is within one example of it. On the digits CNN the curve at eps agrees with a
 fixed-eps `aa` within one example. The report's curve comes from a record's sizes and K-draw judgements, and a
 fixed-eps cell that breaks an example the curve says is robust is counted.
@@ -18,7 +19,7 @@ import torch
 import attacks
 from attacks.base import lp_norms
 from attacks.stats import wilson_interval
-from bench.benchmarks.toys import LinearClassifier, NoisyDefence, robust_radius, toy_task
+from bench.benchmarks.toys import LinearClassifier, NoisyDefence, l1_robust_slack, robust_radius, toy_task
 from bench.reporting import min_norm_curve
 from bench.reporting.collect import CellResult, GridResults
 from bench.reporting.min_norm_figure import comparison_table
@@ -26,8 +27,8 @@ from bench.reporting.min_norm_figure import comparison_table
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES, SHAPE, N = 4, (1, 6, 6), 40
-TOP = {"Linf": 0.12, "L2": 0.6}       # the curve's largest radius
-MARGIN = {"Linf": 0.13, "L2": 0.3}    # inputs in [m, 1 - m]
+TOP = {"Linf": 0.12, "L2": 0.6, "L1": 1.5}       # the curve's largest radius
+MARGIN = {"Linf": 0.13, "L2": 0.3, "L1": 0.13}    # inputs in [m, 1 - m]
 
 
 def linear_problem(norm: str, seed: int = 0):
@@ -47,15 +48,30 @@ def box_never_binds(weight: torch.Tensor, norm: str) -> bool:
     return bool(largest <= MARGIN[norm])
 
 
+def exact_radius(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 norm: str) -> torch.Tensor:
+    """Each point's exact smallest adversarial perturbation size: robust_radius (Linf, L2), or for L1 with the box
+    the bisection (to ~1e-15 of TOP) on the radius where the exact slack reaches 0 (inf: robust up to TOP)."""
+    if norm != "L1":
+        return robust_radius(weight, bias, x, y, norm)
+    low, high = torch.zeros(x.shape[0]), torch.full((x.shape[0],), TOP[norm])
+    reachable = l1_robust_slack(weight, bias, x, y, high.view(-1, 1, 1)) <= 0
+    for _ in range(50):
+        middle = (low + high) / 2
+        broken = l1_robust_slack(weight, bias, x, y, middle.view(-1, 1, 1)) <= 0
+        high, low = torch.where(broken, middle, high), torch.where(broken, low, middle)
+    return torch.where(reachable, high, torch.full_like(high, float("inf")))
+
+
 def found_sizes(attack: attacks.Attack) -> torch.Tensor:
     return torch.tensor([float("inf") if s is None else s for s in attack.last_report["min_norm"]])
 
 
-@pytest.mark.parametrize("norm", ["Linf", "L2"])
+@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
 def test_curve_is_never_below_the_exact_robust_accuracy_and_within_one_example_of_it(norm):
     model, weight, bias, x, y = linear_problem(norm)
-    assert box_never_binds(weight, norm)
-    exact = robust_radius(weight, bias, x, y, norm)
+    assert norm == "L1" or box_never_binds(weight, norm)
+    exact = exact_radius(weight, bias, x, y, norm)
     torch.manual_seed(0)
     attack = attacks.build("fmn", eps=TOP[norm], norm=norm, steps=30)
     x_adv = attack(model, x, y)
@@ -72,7 +88,7 @@ def test_curve_is_never_below_the_exact_robust_accuracy_and_within_one_example_o
         assert exact_robust <= curve <= exact_robust + 1, (radius, curve, exact_robust)
 
 
-@pytest.mark.parametrize("norm, eps", [("Linf", 0.08), ("L2", 0.5)])
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.08), ("L2", 0.5), ("L1", 1.0)])
 def test_curve_at_eps_agrees_with_fixed_eps_aa_on_the_digits_cnn(digits8_cnn, digits8_data, norm, eps):
     _, _, test_x, test_y = digits8_data
     x, y = test_x[:40], test_y[:40]
