@@ -6,7 +6,8 @@ derivation as that attack given the same settings and `seed`. Its result is ever
 per example adaptive's result is never less successful than AutoAttack's (on a deterministic model exactly; on a
 stochastic one up to the selection draws' noise). Then the further members run, cheapest first, each only on the
 examples still correct on some draw (attacks/adaptive_members.py):
-- deterministic models: APGD-DLR, then margin PGD from each example's worst point (a restart from it);
+- deterministic models: APGD-CE and APGD-DLR with `member_restarts` random restarts (AutoAttack's one start per
+  component misses points a restart finds), then margin PGD from each example's worst point (a restart from it);
 - stochastic models: for purifier defences margin PGD on the classifier alone (the transfer attack) and BPDA+EOT
   from the worst point so far; margin PGD+EOT from the worst point (for purifiers a start transferred from the
   classifier-only and BPDA candidates wherever they are the worst so far; in the first round from the clean point,
@@ -62,7 +63,7 @@ from attacks.seeding import derive_seed
 from attacks.square import square_steps
 
 MEMBERS = ("aa", "randaa", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "pgd", "pgd_eot", "bpda_eot", "square")
-DETERMINISTIC_MEMBERS = ("aa", "apgd_dlr", "pgd_eot")
+DETERMINISTIC_MEMBERS = ("aa", "apgd_ce", "apgd_dlr", "pgd_eot")
 STOCHASTIC_MEMBERS = ("randaa", "pgd", "bpda_eot", "pgd_eot", "apgd_t", "square")
 FINAL_CHECK_DRAWS = 4  # the final paired check against the cascade's points: 4x the selection draws
 
@@ -74,14 +75,17 @@ class Adaptive(Attack):
     Defaults are full strength (AutoAttack's 100 APGD and FAB steps, 9 target classes, 5000 Square queries,
     EOT 20; 100 PGD steps); `eot` applies to stochastic models only. `members=None` is DETERMINISTIC_MEMBERS or
     STOCHASTIC_MEMBERS by the model; a list runs those, in order. `pgd_step_size=None` is 2.5 * eps / steps.
+    `member_restarts`: random restarts of the further APGD-CE and APGD-DLR members (the cascade keeps
+    `apgd_restarts`, AutoAttack's 1), each restart only on the examples still standing.
     """
 
     registry_members = MEMBERS  # what build_member builds: the code fingerprint follows these names
     smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "eot": Budget(1), "square_queries": Budget(10),
-                    "apgd_restarts": 1, "target_classes": 2, "selection_draws": 2}
+                    "apgd_restarts": 1, "member_restarts": 1, "target_classes": 2, "selection_draws": 2}
     members: list[str] | None = None
     apgd_steps: int = 100
     apgd_restarts: int = 1
+    member_restarts: int = 2
     target_classes: int = 9
     fab_steps: int = 100
     pgd_steps: int = 100
@@ -106,8 +110,8 @@ class Adaptive(Attack):
             if unknown or not self.members or len(set(self.members)) != len(self.members):
                 raise ValueError(f"members={self.members!r} is not valid: give distinct names from "
                                  f"{', '.join(MEMBERS)} (or null for the defaults)")
-        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "target_classes", "fab_steps", "pgd_steps", "eot",
-                                    "square_queries", "square_eot", "selection_draws", "min_new"))
+        require_at_least_one(self, ("apgd_steps", "apgd_restarts", "member_restarts", "target_classes", "fab_steps",
+                                    "pgd_steps", "eot", "square_queries", "square_eot", "selection_draws", "min_new"))
         require_at_least_one(self, ("max_batch",), optional=True)
         if self.members is not None and sum(m in CASCADES for m in self.members) > 1:
             raise ValueError(f"members={self.members!r}: give at most one AutoAttack cascade ({' or '.join(CASCADES)})")

@@ -95,7 +95,7 @@ def build_member(adaptive: Any, name: str, budget: dict[str, Any], seed: int, co
         return build(name, **common, **apgd, **targets, fab_steps=budget["fab_steps"],
                      square_queries=budget["square_queries"], attacks=components)
     if name in ("apgd_ce", "apgd_dlr"):
-        return build(name, **common, **apgd)
+        return build(name, **common, **{**apgd, "apgd_restarts": adaptive.member_restarts})
     if name == "apgd_t":
         if target_rank is not None:
             return build(name, **common, **apgd, target_classes=target_rank, first_target=target_rank)

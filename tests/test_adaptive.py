@@ -37,7 +37,7 @@ def test_adaptive_reaches_the_exact_robust_accuracy_and_never_undercuts_it(norm)
     assert int(robust.sum()) == int(exact.sum())
     report = json.loads(json.dumps(attack.last_report))  # JSON-serialisable, as the record stores it
     assert report["accuracy"] == pytest.approx(float(exact.float().mean()))
-    assert report["members"] == ["aa", "apgd_dlr", "pgd_eot"] and report["skipped"] == {}
+    assert report["members"] == ["aa", "apgd_ce", "apgd_dlr", "pgd_eot"] and report["skipped"] == {}
     assert report["cascade"] == {"aa": ["apgd-ce", "apgd-t", "fab-t", "square"]}
     path = report["path"]
     assert [p["kind"] for p in path[:2]] == ["cascade", "members"]

@@ -61,7 +61,7 @@ def test_on_a_deterministic_model_adaptive_breaks_every_point_aa_breaks(problem,
     assert not bool((adaptive_robust & ~aa_robust).any()), "an example aa breaks survived adaptive"
     assert 0.2 < aa_robust.float().mean() < 0.8  # the comparison has points on both sides
     report = adaptive.last_report
-    assert report["members"] == ["aa", "apgd_dlr", "pgd_eot"] and report["path"][0]["kind"] == "cascade"
+    assert report["members"] == ["aa", "apgd_ce", "apgd_dlr", "pgd_eot"] and report["path"][0]["kind"] == "cascade"
     assert report["accuracy"] == pytest.approx(adaptive_robust.float().mean().item())
 
 
