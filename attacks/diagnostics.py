@@ -18,7 +18,9 @@ is significant: the examples that bear it are counted, the count is tested where
   models) breaks examples the budget did not: newly broken against newly robust examples by a one-sided sign
   test, and the accuracy drops by more than `tolerance`: the attack has not converged;
 - `black_box_beats_white_box`: Square breaks examples the white-box attack did not: black-box-only against
-  white-box-only breaks by a one-sided sign test;
+  white-box-only breaks by a one-sided sign test (on a stochastic model Square-EOT, each query judged by the mean
+  margin of `square_eot` draws at the same forward budget: plain Square judged by single noisy passes is the
+  weak black-box attack a masked defence would pass);
 - `silent_success`: the white-box run would have broken more examples had it kept its best iterate (most EOT
   samples wrong; on a stochastic model each iterate scored by fresh draws) instead of the final one: examples
   only the kept iterate breaks against examples only the final one breaks, by a one-sided sign test;
@@ -60,6 +62,7 @@ from attacks.exact_tests import binomial_upper_tail, mcnemar_exact
 from attacks.losses import check_loss
 from attacks.progress import Progress
 from attacks.protocol import evaluate_correctness, summarise_draws
+from attacks.square import square_steps
 from attacks.stats import wilson_interval
 
 LOG = logging.getLogger("attacks.diagnostics")
@@ -74,7 +77,8 @@ __all__ = ["FLAGS", "Budget", "DiagnosticReport", "Flag", "check_loss_masking", 
 
 @dataclass
 class Budget:
-    """What the diagnostics spend. None means: eot 1 / draws 1 for deterministic models, 10 / 8 otherwise;
+    """What the diagnostics spend. None means: eot 1 / draws 1 / square_eot 1 for deterministic models, 10 / 8 / 4
+    otherwise;
     eps_max 0.95 under Linf, 0.95 * sqrt(input size) under L2 and 0.95 * input size under L1; step size
     2.5 * eps / steps. `loss` is the evaluated attack's (ce, margin or dlr); the masking check adds the other
     family. A flag needs its test significant at `alpha` and at least `min_count` evidence-bearing examples (for
@@ -84,7 +88,8 @@ class Budget:
     step_size: float | None = None
     eot: int | None = None
     draws: int | None = None
-    square_queries: int = 1000
+    square_queries: int = 1000  # forward passes per example (attacks.square)
+    square_eot: int | None = None
     eps_max: float | None = None
     eps_points: int = 6
     tolerance: float = 0.02
@@ -98,7 +103,9 @@ class Budget:
     def __post_init__(self) -> None:
         check_loss(self.loss)
         require_at_least_one(self, ("steps", "square_queries", "eps_points", "min_count"))
-        require_at_least_one(self, ("eot", "draws"), optional=True)
+        require_at_least_one(self, ("eot", "draws", "square_eot"), optional=True)
+        if self.square_eot is not None:
+            square_steps(self.square_queries, self.square_eot)
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if not 0 < self.alpha < 1:
@@ -223,6 +230,10 @@ def _eot_and_draws(settings: Budget, stochastic: bool) -> tuple[int, int]:
     return settings.eot or (10 if stochastic else 1), settings.draws or (8 if stochastic else 1)
 
 
+def _square_eot(settings: Budget, stochastic: bool) -> int:
+    return settings.square_eot or (min(4, settings.square_queries) if stochastic else 1)
+
+
 def check_loss_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                        stochastic: bool | None = None, **budget: Any) -> Flag:
     """The `loss_masking_ce_vs_margin` check alone (two white-box runs), with `diagnose`'s budget fields."""
@@ -238,8 +249,8 @@ def check_loss_masking(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
              stochastic: bool | None = None, **budget: Any) -> DiagnosticReport:
     """Run every check on (x, y) at `eps`. `stochastic` defaults to the model's own `stochastic` attribute;
-    `budget` sets the fields of `Budget` (steps, step_size, eot, draws, square_queries, eps_max, eps_points,
-    tolerance, max_batch, seed, loss)."""
+    `budget` sets the fields of `Budget` (steps, step_size, eot, draws, square_queries, square_eot, eps_max,
+    eps_points, tolerance, max_batch, seed, loss)."""
     _check_inputs(eps, norm)
     settings = Budget(**budget)
     started = time.time()
@@ -249,7 +260,8 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     eps_max = settings.eps_max or 0.95 * {"Linf": 1.0, "L2": math.sqrt(x[0].numel()), "L1": x[0].numel()}[norm]
     model, connected, num_classes = with_gradient_path(model, x, stochastic)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
-                              budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max})
+                              budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max,
+                                      "square_eot": _square_eot(settings, stochastic)})
     grid = eps_grid(eps, eps_max, settings.eps_points)
     step_counts = sorted({max(1, settings.steps // 2), settings.steps, 2 * settings.steps})
     eot_counts = sorted({max(1, eot // 2), eot, 2 * eot}) if stochastic else [eot]
@@ -266,7 +278,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     _steps_check(runner, report, step_counts)
     _eot_check(runner, report, eot_counts)
     main = runner.run(eps, settings.steps, eot)
-    report.flags["black_box_beats_white_box"] = _black_box_flag(runner, main)
+    report.flags["black_box_beats_white_box"] = _black_box_flag(runner, main, _square_eot(settings, stochastic))
     report.flags["silent_success"] = _silent_success_flag(runner, main)
     report.flags.update(stability_flags(model, x, stochastic, max(draws, 4), settings.rule))
     report.flags = {name: report.flags[name] for name in FLAGS}
@@ -327,15 +339,16 @@ def _eot_check(runner: _Runner, report: DiagnosticReport, eot_counts: list[int])
         {"eot": eot, "doubled_eot": 2 * eot})
 
 
-def _black_box_flag(runner: _Runner, main: dict[str, torch.Tensor]) -> Flag:
-    """`black_box_beats_white_box`: Square (same eps, K-draw selection) breaks more examples that the white-box run
-    did not than the white-box run breaks examples Square did not (one-sided sign test)."""
+def _black_box_flag(runner: _Runner, main: dict[str, torch.Tensor], square_eot: int) -> Flag:
+    """`black_box_beats_white_box`: Square (same eps, K-draw selection; Square-EOT with `square_eot` draws per
+    query on a stochastic model) breaks more examples that the white-box run did not than the white-box run breaks
+    examples Square did not (one-sided sign test)."""
     from attacks.autoattack import Square
 
     settings = runner.budget
     torch.manual_seed(settings.seed)
     square = Square(eps=runner.main_eps, norm=runner.norm, square_queries=settings.square_queries,
-                    selection_draws=runner.draws, seed=settings.seed)
+                    selection_draws=runner.draws, square_eot=square_eot, seed=settings.seed)
     square_adv = square.perturb(runner.model, runner.x, runner.y)
     square_majority = summarise_draws(evaluate_correctness(runner.model, square_adv, runner.y, runner.draws))[
         "majority"]
@@ -346,7 +359,7 @@ def _black_box_flag(runner: _Runner, main: dict[str, torch.Tensor]) -> Flag:
         black_only, white_only, "black_box_only", "white_box_only")
     return Flag(raised, {**evidence, "white_box_accuracy": main["majority"].mean().item(),
                          "black_box_accuracy": square_majority.mean().item(),
-                         "square_queries": settings.square_queries,
+                         "square_queries": settings.square_queries, "square_eot": square_eot,
                          "points_only_black_box_breaks": int(black_only.sum())})
 
 

@@ -6,8 +6,8 @@ The diagnostics attack what the cell's attack attacks (the whole defence, its cl
 `target: classifier`, the identity-gradient view for `bpda_eot`), at the cell's eps and norm, with the cell's
 loss (ce for attacks without one, such as aa and randaa; the masking check adds the other loss family) and
 steps / EOT / max_batch unless given here, and K = the grid's eval draws. Budget keys: steps, step_size, eot,
-draws, square_queries, eps_max, eps_points, tolerance, max_batch, loss, and the flags' thresholds alpha (0.01),
-min_count (5), min_fraction (0.05), checked before any work. Any other key=value is a bench.run setting
+draws, square_queries, square_eot, eps_max, eps_points, tolerance, max_batch, loss, and the flags' thresholds
+alpha (0.01), min_count (5), min_fraction (0.05), checked before any work. Any other key=value is a bench.run setting
 (results_dir, artifacts_dir, device, defences.<key>.<setting>, ...). A missing training stage is an error
 unless `train_missing=true`, which fits it first (as bench.run would).
 """

@@ -164,6 +164,9 @@ def test_bad_budgets_are_clear_errors(cnn, data):
         attacks.diagnose(cnn, x, y, eps=0.1, alpha=0)
     with pytest.raises(ValueError, match="min_count must be >= 1, got 0"):
         attacks.diagnose(cnn, x, y, eps=0.1, min_count=0)
+    with pytest.raises(ValueError, match=r"square_queries \(3\) counts forward passes per example and must be >= the "
+                       r"draws per query \(4\)"):
+        attacks.diagnose(cnn, x, y, eps=0.1, square_queries=3, square_eot=4)
 
 
 def test_eps_grid_spans_zero_eps_and_the_maximum():

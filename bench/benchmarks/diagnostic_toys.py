@@ -11,6 +11,8 @@ Broken:
   output is piecewise constant in the input, so every gradient is exactly 0;
 - `SqueezingDefence`: a feature-squeezing purifier (bit-depth reduction, then a 3x3 median) behind
   purify/classify: non-differentiable, its gradient is 0;
+- `NoisySqueezingDefence`: Gaussian noise, then that squeezing purifier: stochastic and non-differentiable (only a
+  black-box attack that averages the noise, Square-EOT, sees through it);
 - `DoubleExpEnsemble`: CARSO's double-exponential aggregation over noisy copies: cross-entropy saturates;
 - QuantisingDefence (bench/benchmarks/toys.py): rounded input pixels.
 Healthy and stochastic: NoisyDefence (bench/benchmarks/toys.py) and `NoisyEnsemble` with a mean of logits.
@@ -177,3 +179,18 @@ class SqueezingDefence(Defence):
         patches = F.unfold(F.pad(squeezed, (1, 1, 1, 1), mode="reflect"), 3)  # (B, C * 9, H * W)
         median = patches.view(x.shape[0], x.shape[1], 9, -1).median(dim=2).values
         return median.view_as(x)
+
+
+class NoisySqueezingDefence(SqueezingDefence):
+    """purify(x) = SqueezingDefence's purifier of x + N(0, sigma^2) noise (fresh per example and pass), clipped to
+    [0, 1]: a stochastic, non-differentiable purifier."""
+
+    stochastic = True
+
+    @dataclass
+    class Params:
+        levels: int = 4
+        sigma: float = 0.1
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        return super().purify((x + self.params.sigma * torch.randn_like(x)).clamp(0.0, 1.0))
