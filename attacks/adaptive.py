@@ -80,7 +80,8 @@ class Adaptive(Attack):
     """
 
     registry_members = MEMBERS  # what build_member builds: the code fingerprint follows these names
-    smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "eot": Budget(1), "square_queries": Budget(10),
+    smoke_budget = {"apgd_steps": Budget(1), "fab_steps": Budget(1), "pgd_steps": Budget(1), "eot": Budget(1),
+                    "square_queries": Budget(10),
                     "apgd_restarts": 1, "member_restarts": 1, "target_classes": 2, "selection_draws": 2}
     members: list[str] | None = None
     apgd_steps: int = 100
