@@ -257,11 +257,12 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     x, y = x.detach(), y.detach()
     stochastic = bool(getattr(model, "stochastic", False)) if stochastic is None else stochastic
     eot, draws = _eot_and_draws(settings, stochastic)
+    square_eot = _square_eot(settings, stochastic)
     eps_max = settings.eps_max or 0.95 * {"Linf": 1.0, "L2": math.sqrt(x[0].numel()), "L1": x[0].numel()}[norm]
     model, connected, num_classes = with_gradient_path(model, x, stochastic)
     report = DiagnosticReport(n=x.shape[0], eps=eps, norm=norm, stochastic=stochastic, num_classes=num_classes,
                               budget={**asdict(settings), "eot": eot, "draws": draws, "eps_max": eps_max,
-                                      "square_eot": _square_eot(settings, stochastic)})
+                                      "square_eot": square_eot})
     grid = eps_grid(eps, eps_max, settings.eps_points)
     step_counts = sorted({max(1, settings.steps // 2), settings.steps, 2 * settings.steps})
     eot_counts = sorted({max(1, eot // 2), eot, 2 * eot}) if stochastic else [eot]
@@ -278,7 +279,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, nor
     _steps_check(runner, report, step_counts)
     _eot_check(runner, report, eot_counts)
     main = runner.run(eps, settings.steps, eot)
-    report.flags["black_box_beats_white_box"] = _black_box_flag(runner, main, _square_eot(settings, stochastic))
+    report.flags["black_box_beats_white_box"] = _black_box_flag(runner, main, square_eot)
     report.flags["silent_success"] = _silent_success_flag(runner, main)
     report.flags.update(stability_flags(model, x, stochastic, max(draws, 4), settings.rule))
     report.flags = {name: report.flags[name] for name in FLAGS}

@@ -41,6 +41,7 @@ from attacks.l1 import project_l1
 from attacks.losses import attack_loss
 from attacks.protocol import score_points
 
+DUAL_NORMS = {"Linf": "L1", "L2": "L2", "L1": "Linf"}
 ADVERSARIAL_RATE = 0.5  # a point is adversarial when fewer than this fraction of the judge's passes are correct
 
 
@@ -64,10 +65,7 @@ def project_radius(delta: torch.Tensor, x: torch.Tensor, radius: torch.Tensor, n
 def dual_norms(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """The dual norm of each example's gradient: L1 for Linf, L2 for L2, Linf for L1 (the rate the margin can fall
     at)."""
-    flat = grad.flatten(1)
-    if norm == "L1":
-        return flat.abs().amax(1)
-    return flat.abs().sum(1) if norm == "Linf" else flat.norm(dim=1)
+    return lp_norms(grad, DUAL_NORMS[norm])
 
 
 def inward(grad: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
